@@ -1,0 +1,87 @@
+"""`production_model`: the model the app calls after this cycle, in the registry and the routing table."""
+
+import dagster as dg
+
+from finetune_assets.k8s import k8s_resources
+from finetune_assets.partitions import weekly_cycle_partitions
+from finetune_assets.resources.config import PipelineConfigResource
+from finetune_assets.resources.store import StoreResource
+from finetune_assets.resources.tracking import CHAMPION_ALIAS, TrackingResource
+
+
+@dg.asset(
+    partitions_def=weekly_cycle_partitions,
+    deps=["ab_test_outcome"],
+    group_name="finetune",
+    kinds={"mlflow"},
+    op_tags=k8s_resources(),
+)
+def production_model(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineConfigResource,
+    store: StoreResource,
+    tracking: TrackingResource,
+) -> dg.MaterializeResult:
+    """Register the candidate with its lineage tags; on a win, move `champion` to it (previous one recorded)."""
+    settings = pipeline.get()
+    db = store.get()
+    experiment = db.latest_experiment(context.partition_key)
+    if experiment is None or experiment["status"] != "decided":
+        raise dg.Failure(f"cycle {context.partition_key}: no decided, valid experiment to act on")
+    candidate = experiment["treatment_model"]
+    model = db.latest_model(context.partition_key)
+    evaluation = db.latest_evaluation(context.partition_key)
+    dataset = db.get_dataset(model["dataset_id"]) if model else None
+    if model is None or evaluation is None or dataset is None or model["model_id"] != candidate:
+        raise dg.Failure(f"cycle {context.partition_key}: candidate {candidate} has no model record to register")
+    previous_id = db.production_model(default=settings.base_model)
+    promote = experiment["decision"] == "promote"
+    details = experiment["details"]
+    tags = {
+        "partition": context.partition_key,
+        "dataset_hash": dataset["dataset_hash"],
+        "dataset_id": dataset["dataset_id"],
+        "job_id": model["job_id"],
+        "backend": model["backend"],
+        "base_model": model["base_model"],
+        "experiment_id": experiment["experiment_id"],
+        "ab_decision": str(experiment["decision"]),
+        "ab_reason": str(experiment["reason"]),
+        "ab_lift": f"{details.get('lift')}",
+        "eval_candidate_heldout_loss": f"{evaluation['scores']['candidate']['heldout_loss']:.6f}",
+        "eval_candidate_predicted_engagement": f"{evaluation['scores']['candidate']['predicted_engagement']:.6f}",
+        "eval_champion_predicted_engagement": f"{evaluation['scores']['champion']['predicted_engagement']:.6f}",
+    }
+    source = model["details"].get("artifact_uri") or model["model_id"]
+    previous = tracking.champion()
+    version = tracking.register(
+        model_id=candidate, source=str(source), run_id=model["details"].get("mlflow_run_id"), tags=tags
+    )
+    if promote:
+        tracking.promote(version, previous, previous_id)
+    db.record_promotion(
+        experiment_id=experiment["experiment_id"],
+        model_id=candidate if promote else previous_id,
+        previous_model_id=previous_id,
+        registry_version=version.version,
+        promoted=promote,
+    )
+    in_production = db.production_model(default=settings.base_model)
+    context.log.info(
+        f"{'promoted' if promote else 'kept'}: {in_production} serves traffic "
+        f"(registry {version.name} v{version.version}{', alias ' + CHAMPION_ALIAS if promote else ''})"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "model_in_production": in_production,
+            "promoted": promote,
+            "candidate_model": candidate,
+            "previous_model": previous_id,
+            "registered_model": version.name,
+            "registry_version": version.version,
+            "champion_alias": CHAMPION_ALIAS if promote else "unchanged",
+            "rollback_to": previous_id,
+            "experiment_id": experiment["experiment_id"],
+            "decision_reason": str(experiment["reason"]),
+        }
+    )

@@ -1,0 +1,693 @@
+"""The SQL store: the app's `generated_posts` (read only) and the platform's own tables.
+
+One SQLAlchemy Core code path serves the embedded SQLite file and production Postgres. The store is the
+source of truth for everything that must survive a crash: the example ledger (which post trained which
+model), datasets and their validation outcome, models, evaluations, experiments and promotions.
+Aggregations are pushed into SQL and large reads stream in chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from finetune_assets.finetuning.base import ChatExample
+
+metadata = sa.MetaData()
+
+DATASET_ACTIVE = ("collected", "validated", "trained")
+"""Datasets whose posts are taken: a rejected or superseded dataset gives its posts back."""
+
+
+def posts_table(name: str = "generated_posts", meta: sa.MetaData | None = None) -> sa.Table:
+    """The content app's table. DDL and indexes are documented in the README ("Data model")."""
+    meta = meta if meta is not None else sa.MetaData()
+    return sa.Table(
+        name,
+        meta,
+        sa.Column("post_id", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("user_id", sa.String(128), nullable=False),
+        sa.Column("model_id", sa.String(256), nullable=False),
+        sa.Column("experiment_id", sa.String(128), nullable=True),
+        sa.Column("variant", sa.String(32), nullable=True),
+        sa.Column("prompt_messages", sa.Text, nullable=True),
+        sa.Column("completion", sa.Text, nullable=True),
+        sa.Column("impressions", sa.BigInteger, nullable=False),
+        sa.Column("engagements", sa.BigInteger, nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        # Training collection scans organic posts in post_id order; A/B analysis groups one experiment's posts.
+        sa.Index(f"ix_{name}_organic", "experiment_id", "post_id"),
+        sa.Index(f"ix_{name}_experiment_user", "experiment_id", "variant", "user_id"),
+    )
+
+
+datasets = sa.Table(
+    "ft_datasets",
+    metadata,
+    sa.Column("dataset_id", sa.String(64), primary_key=True),
+    sa.Column("partition_key", sa.String(32), nullable=False, index=True),
+    sa.Column("dataset_hash", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("n_train", sa.Integer, nullable=False),
+    sa.Column("n_holdout", sa.Integer, nullable=False),
+    sa.Column("n_rejected", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("details", sa.JSON, nullable=False),
+)
+
+ledger = sa.Table(
+    "ft_example_ledger",
+    metadata,
+    # One row per post at most: a post belongs to one live dataset, so it is trained on at most once.
+    sa.Column("post_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("dataset_id", sa.String(64), sa.ForeignKey("ft_datasets.dataset_id"), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),  # train | holdout | rejected
+    sa.Column("reason", sa.String(64), nullable=True),
+    sa.Column("content_hash", sa.String(64), nullable=True),
+    sa.Index("ix_ft_example_ledger_dataset_role", "dataset_id", "role"),
+    sa.Index("ix_ft_example_ledger_content_hash", "content_hash"),
+)
+
+models = sa.Table(
+    "ft_models",
+    metadata,
+    sa.Column("model_id", sa.String(256), primary_key=True),
+    sa.Column("partition_key", sa.String(32), nullable=False, index=True),
+    sa.Column("dataset_id", sa.String(64), sa.ForeignKey("ft_datasets.dataset_id"), nullable=False),
+    sa.Column("backend", sa.String(32), nullable=False),
+    sa.Column("base_model", sa.String(256), nullable=False),
+    sa.Column("job_id", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("details", sa.JSON, nullable=False),
+)
+
+evaluations = sa.Table(
+    "ft_evaluations",
+    metadata,
+    sa.Column("evaluation_id", sa.String(64), primary_key=True),
+    sa.Column("partition_key", sa.String(32), nullable=False, index=True),
+    sa.Column("candidate_model", sa.String(256), nullable=False),
+    sa.Column("champion_model", sa.String(256), nullable=False),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("scores", sa.JSON, nullable=False),
+)
+
+experiments = sa.Table(
+    "ft_experiments",
+    metadata,
+    sa.Column("experiment_id", sa.String(128), primary_key=True),
+    sa.Column("partition_key", sa.String(32), nullable=False, index=True),
+    sa.Column("control_model", sa.String(256), nullable=False),
+    sa.Column("treatment_model", sa.String(256), nullable=False),
+    sa.Column("salt", sa.String(64), nullable=False),
+    sa.Column("split", sa.Float, nullable=False),
+    sa.Column("coverage", sa.Float, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ends_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),  # running | decided | invalid
+    sa.Column("decision", sa.String(16), nullable=True),  # promote | keep
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("details", sa.JSON, nullable=False),
+)
+
+promotions = sa.Table(
+    "ft_promotions",
+    metadata,
+    sa.Column("promotion_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("experiment_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("model_id", sa.String(256), nullable=False),
+    sa.Column("previous_model_id", sa.String(256), nullable=False),
+    sa.Column("registry_version", sa.String(32), nullable=True),
+    sa.Column("promoted", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite returns naive datetimes: every value the store hands out is aware UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _row(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: as_utc(v) if isinstance(v, datetime) else v for k, v in mapping.items()}
+
+
+@dataclass(frozen=True)
+class PoolCounts:
+    """The funnel of organic posts not yet taken by a dataset: what qualifies and why the rest does not."""
+
+    unused_posts: int
+    below_min_impressions: int
+    below_engagement_threshold: int
+    qualifying: int
+    max_qualifying_post_id: int | None
+
+
+@dataclass(frozen=True)
+class ArmTotals:
+    """Per-arm sums of per-user engagements (M) and impressions (D), as the delta method needs them."""
+
+    variant: str
+    users: int
+    sum_m: float
+    sum_d: float
+    sum_m2: float
+    sum_d2: float
+    sum_md: float
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800)
+
+
+class PlatformStore:
+    """Typed access to the posts table and the platform tables. Creates its tables on first use."""
+
+    def __init__(self, engine: Engine, posts_table_name: str = "generated_posts") -> None:
+        self.engine = engine
+        self.posts = posts_table(posts_table_name)
+        metadata.create_all(engine, checkfirst=True)
+
+    @classmethod
+    def from_url(cls, url: str, posts_table_name: str = "generated_posts") -> PlatformStore:
+        return cls(make_engine(url), posts_table_name)
+
+    # -- the app's posts ---------------------------------------------------------------------------------
+
+    def create_posts_table(self) -> None:
+        """Only the demo and tests create the app's table; in production the app owns it."""
+        self.posts.create(self.engine, checkfirst=True)
+
+    def insert_posts(self, rows: Iterable[Mapping[str, Any]], chunk_size: int = 2000) -> int:
+        total = 0
+        chunk: list[Mapping[str, Any]] = []
+        with self.engine.begin() as conn:
+            for row in rows:
+                chunk.append(row)
+                if len(chunk) >= chunk_size:
+                    conn.execute(self.posts.insert(), chunk)
+                    total += len(chunk)
+                    chunk = []
+            if chunk:
+                conn.execute(self.posts.insert(), chunk)
+                total += len(chunk)
+        return total
+
+    def max_post_id(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(self.posts.c.post_id))).scalar() or 0)
+
+    def _unused_organic(self) -> sa.ColumnElement[bool]:
+        taken = (
+            sa.select(ledger.c.post_id)
+            .join(datasets, datasets.c.dataset_id == ledger.c.dataset_id)
+            .where(ledger.c.post_id == self.posts.c.post_id, datasets.c.status.in_(DATASET_ACTIVE))
+        )
+        return sa.and_(self.posts.c.experiment_id.is_(None), ~sa.exists(taken))
+
+    def _qualifying(self, min_impressions: int, engagement_threshold: float) -> sa.ColumnElement[bool]:
+        p = self.posts.c
+        return sa.and_(p.impressions >= min_impressions, p.engagements >= engagement_threshold * p.impressions)
+
+    def pool_counts(
+        self, min_impressions: int, engagement_threshold: float, conn: Connection | None = None
+    ) -> PoolCounts:
+        """One aggregate query over untaken organic posts (A/B traffic never trains)."""
+        p = self.posts.c
+        qualifying = self._qualifying(min_impressions, engagement_threshold)
+        query = sa.select(
+            sa.func.count(),
+            sa.func.sum(sa.case((p.impressions < min_impressions, 1), else_=0)),
+            sa.func.sum(
+                sa.case(
+                    (
+                        sa.and_(
+                            p.impressions >= min_impressions,
+                            p.engagements < engagement_threshold * p.impressions,
+                        ),
+                        1,
+                    ),
+                    else_=0,
+                )
+            ),
+            sa.func.sum(sa.case((qualifying, 1), else_=0)),
+            sa.func.max(sa.case((qualifying, p.post_id), else_=None)),
+        ).where(self._unused_organic())
+        if conn is not None:
+            row = conn.execute(query).one()
+        else:
+            with self.engine.connect() as own:
+                row = own.execute(query).one()
+        return PoolCounts(
+            unused_posts=int(row[0] or 0),
+            below_min_impressions=int(row[1] or 0),
+            below_engagement_threshold=int(row[2] or 0),
+            qualifying=int(row[3] or 0),
+            max_qualifying_post_id=int(row[4]) if row[4] is not None else None,
+        )
+
+    def count_qualifying(self, min_impressions: int, engagement_threshold: float) -> tuple[int, int | None]:
+        """Cheap sensor query: how many untaken qualifying posts wait, and the newest one's id."""
+        p = self.posts.c
+        query = sa.select(sa.func.count(), sa.func.max(p.post_id)).where(
+            self._unused_organic(), self._qualifying(min_impressions, engagement_threshold)
+        )
+        with self.engine.connect() as conn:
+            count, newest = conn.execute(query).one()
+        return int(count or 0), (int(newest) if newest is not None else None)
+
+    def iter_candidate_posts(
+        self, conn: Connection, min_impressions: int, engagement_threshold: float, chunk_size: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        """Stream untaken qualifying organic posts in post_id order, `chunk_size` rows at a time."""
+        query = (
+            sa.select(self.posts)
+            .where(self._unused_organic(), self._qualifying(min_impressions, engagement_threshold))
+            .order_by(self.posts.c.post_id)
+        )
+        result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(query)
+        for row in result.mappings():
+            yield dict(row)
+
+    def trained_content_hashes(self, conn: Connection) -> frozenset[str]:
+        query = (
+            sa.select(ledger.c.content_hash)
+            .join(datasets, datasets.c.dataset_id == ledger.c.dataset_id)
+            .where(ledger.c.role == "train", datasets.c.status == "trained")
+        )
+        return frozenset(h for (h,) in conn.execute(query) if h)
+
+    def history_for_predictor(self, min_impressions: int, limit: int = 20000) -> list[tuple[str, int, int]]:
+        """Recent organic posts with sound counts, never a holdout post: the predictor's training data."""
+        p = self.posts.c
+        holdout = sa.select(ledger.c.post_id).where(ledger.c.post_id == p.post_id, ledger.c.role == "holdout")
+        query = (
+            sa.select(p.completion, p.impressions, p.engagements)
+            .where(
+                p.experiment_id.is_(None),
+                p.completion.is_not(None),
+                p.impressions >= min_impressions,
+                p.engagements >= 0,
+                p.engagements <= p.impressions,
+                ~sa.exists(holdout),
+            )
+            .order_by(p.post_id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [(str(c), int(i), int(e)) for c, i, e in conn.execute(query)]
+
+    def pretraining_posts(
+        self, min_impressions: int, engagement_threshold: float, limit: int = 20000
+    ) -> list[tuple[str, str]]:
+        """Organic posts that can never be training or evaluation examples (they do not qualify):
+        the demo base model learns the language from them, so evaluation never scores memorized posts."""
+        p = self.posts.c
+        query = (
+            sa.select(p.prompt_messages, p.completion)
+            .where(
+                p.experiment_id.is_(None),
+                p.completion.is_not(None),
+                ~self._qualifying(min_impressions, engagement_threshold),
+            )
+            .order_by(p.post_id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [(str(a), str(b)) for a, b in conn.execute(query) if a and b]
+
+    # -- datasets and the ledger ---------------------------------------------------------------------------
+
+    def release_partition(self, conn: Connection, partition_key: str) -> int:
+        """Supersede this partition's untrained datasets so a rematerialization re-collects their posts."""
+        stale = [
+            d
+            for (d,) in conn.execute(
+                sa.select(datasets.c.dataset_id).where(
+                    datasets.c.partition_key == partition_key, datasets.c.status.in_(("collected", "validated"))
+                )
+            )
+        ]
+        if stale:
+            conn.execute(ledger.delete().where(ledger.c.dataset_id.in_(stale)))
+            conn.execute(
+                datasets.update().where(datasets.c.dataset_id.in_(stale)).values(status="superseded")
+            )
+        return len(stale)
+
+    def record_dataset(
+        self,
+        conn: Connection,
+        *,
+        partition_key: str,
+        dataset_hash: str,
+        train: Sequence[tuple[int, str]],
+        holdout: Sequence[tuple[int, str]],
+        rejected: Sequence[tuple[int, str]],
+        details: Mapping[str, Any],
+    ) -> str:
+        """Write the dataset and its ledger rows in the caller's transaction: all or nothing."""
+        dataset_id = f"ds-{partition_key}-{uuid.uuid4().hex[:10]}"
+        conn.execute(
+            datasets.insert().values(
+                dataset_id=dataset_id,
+                partition_key=partition_key,
+                dataset_hash=dataset_hash,
+                status="collected",
+                n_train=len(train),
+                n_holdout=len(holdout),
+                n_rejected=len(rejected),
+                created_at=utcnow(),
+                details=dict(details),
+            )
+        )
+        rows = [
+            {"post_id": pid, "dataset_id": dataset_id, "role": "train", "reason": None, "content_hash": h}
+            for pid, h in train
+        ]
+        rows += [
+            {"post_id": pid, "dataset_id": dataset_id, "role": "holdout", "reason": None, "content_hash": h}
+            for pid, h in holdout
+        ]
+        rows += [
+            {"post_id": pid, "dataset_id": dataset_id, "role": "rejected", "reason": r, "content_hash": None}
+            for pid, r in rejected
+        ]
+        for start in range(0, len(rows), 2000):
+            conn.execute(ledger.insert(), rows[start : start + 2000])
+        return dataset_id
+
+    def set_dataset_status(self, dataset_id: str, status: str, conn: Connection | None = None) -> None:
+        statement = datasets.update().where(datasets.c.dataset_id == dataset_id).values(status=status)
+        if conn is not None:
+            conn.execute(statement)
+            return
+        with self.engine.begin() as own:
+            own.execute(statement)
+
+    def reject_dataset(self, dataset_id: str, conn: Connection) -> None:
+        """A dataset that failed its checks gives its posts back to the pool."""
+        conn.execute(ledger.delete().where(ledger.c.dataset_id == dataset_id))
+        conn.execute(datasets.update().where(datasets.c.dataset_id == dataset_id).values(status="rejected"))
+
+    def get_dataset(self, dataset_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(datasets).where(datasets.c.dataset_id == dataset_id)).mappings().first()
+        return _row(row) if row else None
+
+    def latest_dataset(self, partition_key: str, statuses: Sequence[str] = DATASET_ACTIVE) -> dict[str, Any] | None:
+        query = (
+            sa.select(datasets)
+            .where(datasets.c.partition_key == partition_key, datasets.c.status.in_(statuses))
+            .order_by(datasets.c.created_at.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return _row(row) if row else None
+
+    def load_examples(self, dataset_id: str, role: str) -> list[ChatExample]:
+        """Rebuild a dataset's examples from the ledger and the posts: no files pass between steps."""
+        p = self.posts.c
+        query = (
+            sa.select(p.post_id, p.prompt_messages, p.completion)
+            .join(ledger, ledger.c.post_id == p.post_id)
+            .where(ledger.c.dataset_id == dataset_id, ledger.c.role == role)
+            .order_by(p.post_id)
+        )
+        examples = []
+        with self.engine.connect() as conn:
+            for post_id, prompt, completion in conn.execute(query):
+                messages = [{"role": m["role"], "content": m["content"]} for m in json.loads(prompt)]
+                messages.append({"role": "assistant", "content": completion.strip()})
+                examples.append(ChatExample(post_id=int(post_id), messages=tuple(messages)))
+        return examples
+
+    def ledger_posts(self, dataset_id: str, role: str | None = None) -> list[tuple[int, str, str | None]]:
+        query = sa.select(ledger.c.post_id, ledger.c.role, ledger.c.reason).where(ledger.c.dataset_id == dataset_id)
+        if role is not None:
+            query = query.where(ledger.c.role == role)
+        with self.engine.connect() as conn:
+            return [(int(a), b, c) for a, b, c in conn.execute(query.order_by(ledger.c.post_id))]
+
+    # -- models and evaluations ----------------------------------------------------------------------------
+
+    def record_model(self, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                sa.select(models.c.model_id).where(models.c.model_id == values["model_id"])
+            ).first()
+            if exists:
+                conn.execute(models.update().where(models.c.model_id == values["model_id"]).values(**values))
+            else:
+                conn.execute(models.insert().values(created_at=utcnow(), **values))
+            if values.get("status") == "succeeded":
+                conn.execute(
+                    datasets.update().where(datasets.c.dataset_id == values["dataset_id"]).values(status="trained")
+                )
+
+    def latest_model(self, partition_key: str) -> dict[str, Any] | None:
+        query = (
+            sa.select(models)
+            .where(models.c.partition_key == partition_key)
+            .order_by(models.c.created_at.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return _row(row) if row else None
+
+    def record_evaluation(
+        self, *, partition_key: str, candidate: str, champion: str, passed: bool, scores: Mapping[str, Any]
+    ) -> str:
+        evaluation_id = f"ev-{uuid.uuid4().hex[:12]}"
+        with self.engine.begin() as conn:
+            conn.execute(
+                evaluations.insert().values(
+                    evaluation_id=evaluation_id,
+                    partition_key=partition_key,
+                    candidate_model=candidate,
+                    champion_model=champion,
+                    passed=passed,
+                    created_at=utcnow(),
+                    scores=json.loads(json.dumps(scores)),
+                )
+            )
+        return evaluation_id
+
+    def latest_evaluation(self, partition_key: str) -> dict[str, Any] | None:
+        query = (
+            sa.select(evaluations)
+            .where(evaluations.c.partition_key == partition_key)
+            .order_by(evaluations.c.created_at.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return _row(row) if row else None
+
+    # -- experiments ---------------------------------------------------------------------------------------
+
+    def running_experiment(self) -> dict[str, Any] | None:
+        query = sa.select(experiments).where(experiments.c.status == "running").order_by(experiments.c.started_at)
+        with self.engine.connect() as conn:
+            row = conn.execute(query.limit(1)).mappings().first()
+        return _row(row) if row else None
+
+    def start_experiment(self, **values: Any) -> dict[str, Any]:
+        """Insert a running experiment; refuses a second one (only one experiment runs at a time)."""
+        with self.engine.begin() as conn:
+            running = conn.execute(
+                sa.select(experiments.c.experiment_id, experiments.c.ends_at).where(experiments.c.status == "running")
+            ).first()
+            if running is not None:
+                raise ExperimentAlreadyRunning(running[0], as_utc(running[1]))
+            conn.execute(experiments.insert().values(status="running", details={}, **values))
+        experiment = self.get_experiment(values["experiment_id"])
+        assert experiment is not None
+        return experiment
+
+    def get_experiment(self, experiment_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(sa.select(experiments).where(experiments.c.experiment_id == experiment_id))
+                .mappings()
+                .first()
+            )
+        return _row(row) if row else None
+
+    def latest_experiment(self, partition_key: str | None = None) -> dict[str, Any] | None:
+        query = sa.select(experiments).order_by(experiments.c.started_at.desc()).limit(1)
+        if partition_key is not None:
+            query = query.where(experiments.c.partition_key == partition_key)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return _row(row) if row else None
+
+    def decide_experiment(
+        self, experiment_id: str, *, status: str, decision: str, reason: str, details: Mapping[str, Any]
+    ) -> None:
+        with self.engine.begin() as conn:
+            current = conn.execute(
+                sa.select(experiments.c.details).where(experiments.c.experiment_id == experiment_id)
+            ).scalar()
+            conn.execute(
+                experiments.update()
+                .where(experiments.c.experiment_id == experiment_id)
+                .values(
+                    status=status,
+                    decision=decision,
+                    reason=reason,
+                    decided_at=utcnow(),
+                    details={**(current or {}), **json.loads(json.dumps(details))},
+                )
+            )
+
+    def annotate_experiment(self, experiment_id: str, **details: Any) -> None:
+        """Merge facts about the experiment (e.g. where its traffic came from) into its details."""
+        with self.engine.begin() as conn:
+            current = conn.execute(
+                sa.select(experiments.c.details).where(experiments.c.experiment_id == experiment_id)
+            ).scalar()
+            conn.execute(
+                experiments.update()
+                .where(experiments.c.experiment_id == experiment_id)
+                .values(details={**(current or {}), **details})
+            )
+
+    def arm_totals(self, experiment_id: str) -> dict[str, ArmTotals]:
+        """Per-user sums, then per-arm sums of them, all in SQL: no impression row reaches Python."""
+        p = self.posts.c
+        valid = sa.and_(p.impressions >= 0, p.engagements >= 0, p.engagements <= p.impressions)
+        per_user = (
+            sa.select(
+                p.variant.label("variant"),
+                sa.cast(sa.func.sum(p.engagements), sa.Float).label("m"),
+                sa.cast(sa.func.sum(p.impressions), sa.Float).label("d"),
+            )
+            .where(p.experiment_id == experiment_id, valid)
+            .group_by(p.variant, p.user_id)
+            .subquery()
+        )
+        m, d = per_user.c.m, per_user.c.d
+        query = sa.select(
+            per_user.c.variant,
+            sa.func.count(),
+            sa.func.sum(m),
+            sa.func.sum(d),
+            sa.func.sum(m * m),
+            sa.func.sum(d * d),
+            sa.func.sum(m * d),
+        ).group_by(per_user.c.variant)
+        with self.engine.connect() as conn:
+            return {
+                row[0]: ArmTotals(row[0], int(row[1]), *(float(v or 0.0) for v in row[2:]))
+                for row in conn.execute(query)
+            }
+
+    def experiment_posts_by_variant(self, experiment_id: str) -> dict[str, int]:
+        p = self.posts.c
+        query = sa.select(p.variant, sa.func.count()).where(p.experiment_id == experiment_id).group_by(p.variant)
+        with self.engine.connect() as conn:
+            return {str(v): int(n) for v, n in conn.execute(query)}
+
+    # -- promotions ----------------------------------------------------------------------------------------
+
+    def record_promotion(
+        self,
+        *,
+        experiment_id: str,
+        model_id: str,
+        previous_model_id: str,
+        registry_version: str | None,
+        promoted: bool,
+    ) -> None:
+        """Idempotent per experiment: a retried promotion updates its row instead of adding one."""
+        values = {
+            "model_id": model_id,
+            "previous_model_id": previous_model_id,
+            "registry_version": registry_version,
+            "promoted": promoted,
+        }
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                promotions.update().where(promotions.c.experiment_id == experiment_id).values(**values)
+            ).rowcount
+            if not updated:
+                conn.execute(promotions.insert().values(experiment_id=experiment_id, created_at=utcnow(), **values))
+
+    def production_model(self, default: str) -> str:
+        """The model the app should call now: the last promoted one, or the configured base model."""
+        query = (
+            sa.select(promotions.c.model_id)
+            .where(promotions.c.promoted.is_(True))
+            .order_by(promotions.c.promotion_id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            model_id = conn.execute(query).scalar()
+        return str(model_id) if model_id else default
+
+
+class ExperimentAlreadyRunning(RuntimeError):
+    def __init__(self, experiment_id: str, ends_at: datetime) -> None:
+        super().__init__(
+            f"experiment {experiment_id} is still running until {ends_at:%Y-%m-%d %H:%M} UTC; "
+            "only one experiment runs at a time, so this candidate waits"
+        )
+        self.experiment_id = experiment_id
+        self.ends_at = ends_at
+
+
+class StoreResource(dg.ConfigurableResource):
+    """The SQL store. `database_url` comes from `DATABASE_URL` (an `EnvVar`); unset, a SQLite file is used."""
+
+    database_url: str | None = None
+    posts_table: str = "generated_posts"
+    state_dir: str = ".state"
+
+    def url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        path = Path(self.state_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path / 'finetune.db'}"
+
+    def get(self) -> PlatformStore:
+        return _store_for(self.url(), self.posts_table)
+
+
+@lru_cache(maxsize=8)
+def _store_for(url: str, posts_table_name: str) -> PlatformStore:
+    """One engine (and pool) per process and database, as SQLAlchemy intends."""
+    return PlatformStore.from_url(url, posts_table_name)

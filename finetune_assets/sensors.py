@@ -1,0 +1,112 @@
+"""Sensors: start a cycle early when enough examples wait, decide an A/B test when its window closes,
+and report failed runs. Ticks only run O(1) SQL aggregates; the work happens in the runs they launch."""
+
+import json
+import os
+import urllib.request
+
+import dagster as dg
+
+from finetune_assets.jobs import ab_test_decision_job, finetune_cycle_job
+from finetune_assets.partitions import current_cycle, weekly_cycle_partitions
+from finetune_assets.resources.clock import ClockResource
+from finetune_assets.resources.config import PipelineConfigResource
+from finetune_assets.resources.store import StoreResource
+
+ALERT_WEBHOOK_ENV = "FINETUNE_ALERT_WEBHOOK_URL"
+
+
+@dg.sensor(job=finetune_cycle_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
+def training_data_sensor(
+    context: dg.SensorEvaluationContext,
+    pipeline: PipelineConfigResource,
+    store: StoreResource,
+    clock: ClockResource,
+) -> dg.SensorResult | dg.SkipReason:
+    """Enough qualifying posts no cycle has used → rematerialize the newest cycle, once per set of posts.
+
+    The cursor and the run key are the newest qualifying post id: the same posts never launch two runs.
+    """
+    settings = pipeline.get()
+    db = store.get()
+    waiting, newest = db.count_qualifying(settings.min_impressions, settings.engagement_threshold)
+    running = db.running_experiment()
+    if running is not None:
+        return dg.SkipReason(
+            f"{waiting} qualifying examples wait, but experiment {running['experiment_id']} runs until "
+            f"{running['ends_at']:%Y-%m-%d %H:%M} UTC: only one experiment runs at a time, so training waits"
+        )
+    if waiting < settings.training_data_threshold:
+        return dg.SkipReason(
+            f"{waiting} qualifying examples not yet used for training; training_data_threshold is "
+            f"{settings.training_data_threshold}"
+        )
+    if context.cursor and newest is not None and int(context.cursor) >= newest:
+        return dg.SkipReason(f"a run was already requested for the posts up to #{newest}")
+    partition = current_cycle(weekly_cycle_partitions, clock.now())
+    if partition is None:
+        return dg.SkipReason("no training cycle has started yet (before partitions_start_date)")
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=f"posts-upto-{newest}",
+                partition_key=partition,
+                tags={"finetune_assets/trigger": "training_data_sensor", "finetune_assets/waiting": str(waiting)},
+            )
+        ],
+        cursor=str(newest),
+    )
+
+
+@dg.sensor(job=ab_test_decision_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
+def ab_test_sensor(
+    context: dg.SensorEvaluationContext, store: StoreResource, clock: ClockResource
+) -> dg.RunRequest | dg.SkipReason:
+    """A running experiment whose window has closed → decide it and promote, exactly once per experiment."""
+    experiment = store.get().running_experiment()
+    if experiment is None:
+        return dg.SkipReason("no experiment is running")
+    now = clock.now()
+    if now < experiment["ends_at"]:
+        hours = (experiment["ends_at"] - now).total_seconds() / 3600
+        return dg.SkipReason(
+            f"experiment {experiment['experiment_id']} has {hours:.1f} h left "
+            f"(ends {experiment['ends_at']:%Y-%m-%d %H:%M} UTC)"
+        )
+    return dg.RunRequest(
+        run_key=experiment["experiment_id"],
+        partition_key=experiment["partition_key"],
+        tags={"finetune_assets/experiment_id": experiment["experiment_id"]},
+    )
+
+
+def post_alert(url: str, payload: dict[str, str]) -> None:
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=5):
+        pass
+
+
+@dg.run_failure_sensor(
+    name="finetune_run_failure_sensor",
+    monitored_jobs=[finetune_cycle_job, ab_test_decision_job],
+    default_status=dg.DefaultSensorStatus.STOPPED,
+)
+def finetune_run_failure_sensor(context: dg.RunFailureSensorContext) -> None:
+    """Log every failed cycle run; also POST it to `FINETUNE_ALERT_WEBHOOK_URL` when that is set."""
+    run = context.dagster_run
+    message = context.failure_event.message or "run failed"
+    summary = {
+        "run_id": run.run_id,
+        "job": run.job_name,
+        "partition": run.tags.get("dagster/partition", ""),
+        "message": message,
+    }
+    context.log.error(f"finetune run failed: {summary}")
+    url = os.environ.get(ALERT_WEBHOOK_ENV)
+    if url:
+        try:
+            post_alert(url, summary)
+        except OSError as exc:
+            context.log.warning(f"alert webhook unreachable: {exc}")

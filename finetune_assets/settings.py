@@ -1,0 +1,182 @@
+"""Pipeline settings: `pipeline_config.yaml` validated by pydantic, overridable from the environment.
+
+The file carries tunables only. Secrets (`OPENAI_API_KEY`, `DATABASE_URL` with its password) never live here:
+they reach the resources through `dagster.EnvVar`. A bad file fails fast with one line naming the key, the
+value and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_ENV = "FINETUNE_CONFIG"
+STATE_DIR_ENV = "FINETUNE_STATE_DIR"
+ENV_PREFIX = "FINETUNE_"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "pipeline_config.yaml"
+
+
+class ConfigError(ValueError):
+    """A user's configuration mistake: the message is meant to be shown as is, without a traceback."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainingSettings(_Section):
+    n_epochs: int = Field(3, ge=1, le=50)
+    learning_rate: float = Field(2e-3, gt=0, le=1)
+    batch_size: int = Field(16, ge=1, le=1024)
+    lora_r: int = Field(8, ge=1, le=256)
+    lora_alpha: int = Field(16, ge=1, le=1024)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    max_seq_len: int = Field(192, ge=16, le=32768)
+    seed: int = 0
+
+
+class EvaluationSettings(_Section):
+    holdout_fraction: float = Field(0.15, gt=0, lt=0.5)
+    max_holdout_examples: int = Field(200, ge=1)
+    min_holdout_examples: int = Field(20, ge=1)
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    generation_seed: int = 0
+    max_relative_regression: float = Field(
+        0.02, ge=0, lt=1, description="Candidate may score at most this fraction below the champion."
+    )
+
+
+class ExperimentSettings(_Section):
+    split: float = Field(0.5, gt=0, lt=1, description="Share of enrolled users who get the candidate.")
+    coverage: float = Field(1.0, gt=0, le=1, description="Share of users enrolled in the experiment.")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Two-sided; promotion needs the CI above 0.")
+    min_users_per_arm: int = Field(100, ge=8)
+    srm_threshold: float = Field(0.001, gt=0, lt=0.5)
+
+
+class TrackingSettings(_Section):
+    experiment_name: str = Field("finetune-assets", min_length=1)
+    registered_model_name: str = Field("post-writer", min_length=1)
+
+
+class Settings(_Section):
+    training_data_threshold: int = Field(100, ge=1, description="New examples needed to start a cycle.")
+    engagement_threshold: float = Field(0.06, gt=0, lt=1, description="engagements / impressions floor.")
+    min_impressions: int = Field(100, ge=1, description="Impressions needed for the rate to mean something.")
+    a_b_test_duration_hours: int = Field(168, ge=1, le=24 * 90)
+    timezone: str = "UTC"
+    partitions_start_date: date = date(2026, 1, 4)
+    posts_table: str = Field("generated_posts", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    max_examples_per_cycle: int = Field(5000, ge=1)
+    max_prompt_chars: int = Field(8000, ge=1)
+    max_completion_chars: int = Field(4000, ge=1)
+    max_tokens_per_example: int = Field(1024, ge=16)
+    backend: Literal["local", "openai"] = "local"
+    base_model: str = Field("demo-tiny-gpt2", min_length=1)
+    state_dir: Path = Path(".state")
+    training: TrainingSettings = TrainingSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+    experiment: ExperimentSettings = ExperimentSettings()
+    tracking: TrackingSettings = TrackingSettings()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("expected an IANA timezone name such as 'UTC' or 'Europe/Berlin'") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _holdout_fits(self) -> Settings:
+        if self.evaluation.min_holdout_examples > self.evaluation.max_holdout_examples:
+            raise ValueError(
+                "evaluation.min_holdout_examples must not exceed evaluation.max_holdout_examples"
+            )
+        return self
+
+    def resolved_state_dir(self) -> Path:
+        return Path(os.environ.get(STATE_DIR_ENV) or self.state_dir).expanduser().resolve()
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """`FINETUNE_ENGAGEMENT_THRESHOLD=0.08`, `FINETUNE_TRAINING__N_EPOCHS=2`: values parsed as YAML scalars."""
+    overrides: dict[str, Any] = {}
+    reserved = {CONFIG_ENV, STATE_DIR_ENV}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in reserved:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if path[0] not in Settings.model_fields:
+            continue
+        target = overrides
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = yaml.safe_load(raw) if raw.strip() else raw
+    return overrides
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: dict[str, Any], source: str) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "<root>"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}' (check the spelling; see pipeline_config.yaml for the keys)"
+    if error["type"] == "missing":
+        return f"{source}: missing key '{key}'"
+    message = message.removeprefix("Value error, ")
+    return f"{source}: {key} = {error.get('input')!r}: {message[0].lower() + message[1:]}"
+
+
+def parse_settings(raw: Any, *, source: str, environ: dict[str, str] | None = None) -> Settings:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
+    data = _merge(raw, _env_overrides(dict(os.environ if environ is None else environ)))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0], source)) from None
+
+
+def config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_settings(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    path = path or config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{CONFIG_ENV}={path}: file not found (expected a pipeline_config.yaml)") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_settings(raw, source=str(path), environ=environ)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings of this process, read once (the code location reloads on change)."""
+    return load_settings()

@@ -1,0 +1,71 @@
+"""Shared fixtures: a temporary state directory, a config file, a seeded store, a Dagster instance."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from finetune_assets.resources.clock import ClockResource
+from finetune_assets.resources.config import PipelineConfigResource
+from finetune_assets.resources.store import PlatformStore, StoreResource
+from finetune_assets.resources.tracking import TrackingResource
+from finetune_assets.settings import Settings, load_settings
+from finetune_assets.simulation import DemoWorldConfig, generate_corpus
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)  # a Wednesday: the newest cycle is the week of 2026-11-15
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+def write_config(path: Path, state_dir: Path, **overrides: object) -> Path:
+    data = yaml.safe_load((Path(__file__).resolve().parent.parent / "pipeline_config.yaml").read_text())
+    data.update({"state_dir": str(state_dir), **overrides})
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, state_dir: Path) -> Path:
+    return write_config(tmp_path / "pipeline_config.yaml", state_dir)
+
+
+@pytest.fixture
+def settings(config_path: Path) -> Settings:
+    return load_settings(config_path)
+
+
+@pytest.fixture
+def store(state_dir: Path) -> PlatformStore:
+    db = StoreResource(state_dir=str(state_dir)).get()
+    db.create_posts_table()
+    return db
+
+
+def seed(store: PlatformStore, n_posts: int = 600, n_users: int = 200, seed: int = 3) -> int:
+    world = DemoWorldConfig(seed=seed, n_users=n_users, n_posts=n_posts)
+    return store.insert_posts(generate_corpus(world, now=NOW))
+
+
+def resources_for(config_path: Path, state_dir: Path, now: datetime | None = None) -> dict[str, object]:
+    return {
+        "pipeline": PipelineConfigResource(config_path=str(config_path)),
+        "store": StoreResource(state_dir=str(state_dir)),
+        "tracking": TrackingResource(state_dir=str(state_dir)),
+        "clock": ClockResource(fixed_now=(now or NOW).isoformat()),
+    }
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
