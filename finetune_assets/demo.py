@@ -34,6 +34,8 @@ from finetune_assets.simulation import (
 
 Progress = Callable[[str], None]
 GENERATION_BATCH = 64
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+"""The demo prints its own progress; the full event log stays in the instance (and the UI)."""
 DEMO_WORLD = DemoWorldConfig(seed=7, n_users=1000, n_posts=3000, history_days=21, bad_row_fraction=0.02)
 
 
@@ -218,7 +220,7 @@ def run_demo(settings: Settings, *, progress: Progress, keep_state: bool = False
     progress(f"2/4 cycle {partition}: training_data → fine_tuned_model → evaluation_scores → ab_test")
     started = time.monotonic()
     result = defs.resolve_job_def("finetune_cycle_job").execute_in_process(
-        instance=instance, partition_key=partition, raise_on_error=False
+        instance=instance, partition_key=partition, raise_on_error=False, run_config=QUIET_RUN_CONFIG
     )
     timings.append(StepTiming("train+evaluate", time.monotonic() - started))
     if not result.success:
@@ -246,6 +248,7 @@ def run_demo(settings: Settings, *, progress: Progress, keep_state: bool = False
         instance=instance,
         partition_key=partition,
         raise_on_error=False,
+        run_config=QUIET_RUN_CONFIG,
         resources={"clock": window_end},
         tags={**tick.tags, "dagster/sensor_name": "ab_test_sensor"},
     )

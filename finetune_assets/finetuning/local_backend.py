@@ -720,7 +720,7 @@ class LocalBackend:
 
     def _existing_job_dir(self, job_id: str) -> Path:
         job_dir = self.job_dir(job_id)
-        if not job_id or "/" in job_id or not job_dir.is_dir():
+        if not job_id.startswith("local-") or "/" in job_id or not job_dir.is_dir():
             raise LocalBackendError(f"unknown local job {job_id!r} (no directory {job_dir})")
         return job_dir
 
