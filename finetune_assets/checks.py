@@ -58,7 +58,11 @@ AB_TEST_OUTCOME_CHECKS = [
 
 def _result(name: str, passed: bool, description: str, **metadata: Any) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
-        check_name=name, passed=passed, description=description, metadata=metadata, severity=dg.AssetCheckSeverity.ERROR
+        check_name=name,
+        passed=passed,
+        description=description,
+        metadata=metadata,
+        severity=dg.AssetCheckSeverity.ERROR,
     )
 
 
@@ -150,7 +154,10 @@ def no_pii(posts: Sequence[ValidPost]) -> dg.AssetCheckResult:
 
 
 def training_data_results(
-    train: Sequence[ValidPost], holdout: Sequence[ValidPost], settings: Settings, previously_trained: frozenset[str]
+    train: Sequence[ValidPost],
+    holdout: Sequence[ValidPost],
+    settings: Settings,
+    previously_trained: frozenset[str],
 ) -> list[dg.AssetCheckResult]:
     everything = [*train, *holdout]
     return [
@@ -235,7 +242,8 @@ def enough_data(users: Mapping[str, int], minimum: int) -> dg.AssetCheckResult:
     return _result(
         "enough_data",
         passed,
-        f"users per arm {dict(users)}; minimum {minimum}" + (f"; missing arms {sorted(arms_missing)}" if arms_missing else ""),
+        f"users per arm {dict(users)}; minimum {minimum}"
+        + (f"; missing arms {sorted(arms_missing)}" if arms_missing else ""),
         minimum=minimum,
         **{f"users_{arm}": n for arm, n in users.items()},
     )

@@ -11,8 +11,12 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune_assets.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from finetune_assets.resources.store import PlatformStore
 
 DESCRIPTION = """\
 finetune-assets turns engagement data into better models every week, safely: it collects the posts that
@@ -28,7 +32,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(Path(args.config)) if args.config else load_settings()
 
 
-def _store(settings: Settings):  # type: ignore[no-untyped-def]
+def _store(settings: Settings) -> PlatformStore:
     from finetune_assets.resources.store import StoreResource
 
     url = os.environ.get("DATABASE_URL")
@@ -45,7 +49,9 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from finetune_assets.demo import DEMO_WORLD, seed_world
 
     settings = _settings(args)
-    world = DEMO_WORLD.__class__(**{**DEMO_WORLD.__dict__, "seed": args.seed, "n_posts": args.posts, "n_users": args.users})
+    world = DEMO_WORLD.__class__(
+        **{**DEMO_WORLD.__dict__, "seed": args.seed, "n_posts": args.posts, "n_users": args.users}
+    )
     written = seed_world(_store(settings), world, datetime.now(UTC), reset=args.reset)
     _echo(f"seeded {written} simulated posts from {world.n_users} simulated users (demo stand-in for real users)")
     return 0
@@ -66,7 +72,10 @@ def cmd_posts(args: argparse.Namespace) -> int:
     settings = _settings(args)
     store = _store(settings)
     if store.get_dataset(args.dataset_id) is None:
-        print(f"dataset {args.dataset_id!r} not found (dataset ids look like ds-2026-11-15-1a2b3c4d5e)", file=sys.stderr)
+        print(
+            f"dataset {args.dataset_id!r} not found (dataset ids look like ds-2026-11-15-1a2b3c4d5e)",
+            file=sys.stderr,
+        )
         return 2
     rows = store.ledger_posts(args.dataset_id, role=args.role)
     for post_id, role, reason in rows:

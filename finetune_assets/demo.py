@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from finetune_assets.experiments.assignment import assign_variant
 from finetune_assets.finetuning.base import FineTuningBackend
-from finetune_assets.resources.store import PlatformStore
+from finetune_assets.resources.store import PlatformStore, StoreResource
 from finetune_assets.settings import Settings
 from finetune_assets.simulation import (
     SIMULATION_LABEL,
@@ -126,6 +126,10 @@ def simulate_ab_traffic(
     return written
 
 
+def _ends(points: list[Any]) -> list[Any]:
+    return [points[0], points[-1]] if len(points) > 1 else list(points)
+
+
 def format_summary(store: PlatformStore, settings: Settings, partition: str, timings: list[StepTiming]) -> str:
     """What a newcomer wants to see after one cycle, read back from the store (the source of truth)."""
     dataset = store.latest_dataset(partition, statuses=("collected", "validated", "trained", "rejected"))
@@ -146,7 +150,9 @@ def format_summary(store: PlatformStore, settings: Settings, partition: str, tim
         metrics = model["details"].get("metrics", {})
         lines.append(
             f"Fine-tune       {model['model_id']} ({model['status']}); "
-            + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, float))
+            + f"{metrics.get('steps', 0):.0f} steps in {metrics.get('train_seconds', 0):.1f} s; loss "
+            + " → ".join(f"{loss:.3f}" for _, loss in _ends(model["details"].get("losses", [])))
+            + f"; validation loss {metrics.get('final_validation_loss', float('nan')):.3f}"
         )
     if evaluation:
         scores = evaluation["scores"]
@@ -159,13 +165,17 @@ def format_summary(store: PlatformStore, settings: Settings, partition: str, tim
     if experiment:
         details = experiment["details"]
         users = details.get("users", {})
-        lines.append(f"A/B test        {experiment['experiment_id']}, {settings.a_b_test_duration_hours} h, salt "
-                     f"{experiment['salt']}, split {experiment['split']:.0%}")
+        lines.append(
+            f"A/B test        {experiment['experiment_id']}, {settings.a_b_test_duration_hours} h, salt "
+            f"{experiment['salt']}, split {experiment['split']:.0%}"
+        )
         for arm, model_key in (("control", "control_model"), ("treatment", "treatment_model")):
             rate = details.get(f"{arm}_rate")
             lines.append(
                 f"                {arm:<9} {experiment[model_key]}: {users.get(arm, 0)} users, "
-                f"engagement rate {rate:.3%}" if rate is not None else f"                {arm}: no traffic"
+                f"engagement rate {rate:.3%}"
+                if rate is not None
+                else f"                {arm}: no traffic"
             )
         if details.get("lift") is not None:
             confidence = 1 - settings.experiment.alpha
@@ -184,7 +194,9 @@ def _failure_message(result: Any) -> str:
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":
             error = event.event_specific_data.error
-            while error is not None and error.cause is not None and "DagsterExecutionStepExecutionError" in error.cls_name:
+            while (
+                error is not None and error.cause is not None and "DagsterExecutionStepExecutionError" in error.cls_name
+            ):
                 error = error.cause
             return f"step {event.step_key} failed: {error.message.strip() if error else event.message}"
     return "the run failed"
@@ -192,7 +204,15 @@ def _failure_message(result: Any) -> str:
 
 def run_demo(settings: Settings, *, progress: Progress, keep_state: bool = False) -> int:
     """Seed, train-to-experiment run, simulated window, sensor tick, decide-and-promote run, summary."""
+    import logging
+    import warnings
+
     import dagster as dg
+
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
     from finetune_assets.definitions import defs
     from finetune_assets.finetuning import make_backend
@@ -205,8 +225,7 @@ def run_demo(settings: Settings, *, progress: Progress, keep_state: bool = False
     state_dir.mkdir(parents=True, exist_ok=True)
     if not keep_state:
         reset_state(state_dir)
-    store_resource = defs.resources["store"]
-    store: PlatformStore = store_resource.get()  # type: ignore[attr-defined]
+    store = cast(StoreResource, (defs.resources or {})["store"]).get()
     now = datetime.now(tz=None).astimezone()
     started = time.monotonic()
     written = seed_world(store, DEMO_WORLD, now, reset=True)
@@ -238,7 +257,8 @@ def run_demo(settings: Settings, *, progress: Progress, keep_state: bool = False
     progress(f"    {posts} posts written in experiment {experiment['experiment_id']}")
 
     window_end = ClockResource(fixed_now=experiment["ends_at"].isoformat())
-    context = dg.build_sensor_context(instance=instance, definitions=defs, resources={"clock": window_end})
+    resources = {**(defs.resources or {}), "clock": window_end}
+    context = dg.build_sensor_context(instance=instance, definitions=defs, resources=resources)
     tick = ab_test_sensor(context)
     if not isinstance(tick, dg.RunRequest):
         raise DemoError(f"ab_test_sensor did not fire at the window's end: {tick}")

@@ -14,7 +14,10 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 
 
 def counts_table(counts: Mapping[str, int], key: str = "reason", value: str = "posts") -> str:
-    return table([key, value], sorted(counts.items(), key=lambda kv: -kv[1])) if counts else f"_no {value}_"
+    if not counts:
+        return f"_no {value}_"
+    ordered: list[tuple[str, int]] = sorted(counts.items(), key=lambda kv: -kv[1])
+    return table([key, value], ordered)
 
 
 def histogram(values: Sequence[float], *, bins: int = 10, marker: float | None = None, fmt: str = "{:.3f}") -> str:

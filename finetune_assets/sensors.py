@@ -51,7 +51,10 @@ def training_data_sensor(
             dg.RunRequest(
                 run_key=f"posts-upto-{newest}",
                 partition_key=partition,
-                tags={"finetune_assets/trigger": "training_data_sensor", "finetune_assets/waiting": str(waiting)},
+                tags={
+                    "finetune_assets/trigger": "training_data_sensor",
+                    "finetune_assets/waiting": str(waiting),
+                },
             )
         ],
         cursor=str(newest),

@@ -98,9 +98,7 @@ class Settings(_Section):
     @model_validator(mode="after")
     def _holdout_fits(self) -> Settings:
         if self.evaluation.min_holdout_examples > self.evaluation.max_holdout_examples:
-            raise ValueError(
-                "evaluation.min_holdout_examples must not exceed evaluation.max_holdout_examples"
-            )
+            raise ValueError("evaluation.min_holdout_examples must not exceed evaluation.max_holdout_examples")
         return self
 
     def resolved_state_dir(self) -> Path:
@@ -134,7 +132,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _describe(error: dict[str, Any], source: str) -> str:
+def _describe(error: Any, source: str) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "<root>"
     message = error["msg"]
     if error["type"] == "extra_forbidden":

@@ -68,7 +68,8 @@ def test_pii() -> None:
     assert checks.no_pii([clean]).passed
     leaked = ValidPost(
         example=clean.example.__class__(
-            post_id=9, messages=({"role": "user", "content": "x"}, {"role": "assistant", "content": "mail a@b.io"})
+            post_id=9,
+            messages=({"role": "user", "content": "x"}, {"role": "assistant", "content": "mail a@b.io"}),
         ),
         content_hash="h",
         impressions=500,

@@ -1,3 +1,4 @@
+import itertools
 import json
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def test_graph_shape() -> None:
         "ab_test_outcome",
         "production_model",
     ]
-    for upstream, downstream in zip(chain, chain[1:], strict=False):
+    for upstream, downstream in itertools.pairwise(chain):
         parents = {k.to_user_string() for k in graph.get(dg.AssetKey(downstream)).parent_keys}
         assert parents == {upstream}
     assert not graph.get(dg.AssetKey("generated_posts")).is_materializable
@@ -54,7 +55,12 @@ def test_graph_shape() -> None:
 def test_checks_are_blocking_on_every_gated_asset() -> None:
     graph = defs.resolve_asset_graph()
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    assert {a for a, _ in checks} == {"training_data", "fine_tuned_model", "evaluation_scores", "ab_test_outcome"}
+    assert {a for a, _ in checks} == {
+        "training_data",
+        "fine_tuned_model",
+        "evaluation_scores",
+        "ab_test_outcome",
+    }
     assert {
         ("training_data", "enough_examples"),
         ("training_data", "chat_format"),

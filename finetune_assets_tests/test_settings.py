@@ -15,7 +15,11 @@ def test_repository_config_has_the_seed_defaults() -> None:
 
 def test_defaults_apply_to_an_empty_file() -> None:
     settings = parse_settings({}, source="x.yaml", environ={})
-    assert (settings.training_data_threshold, settings.engagement_threshold, settings.a_b_test_duration_hours) == (
+    assert (
+        settings.training_data_threshold,
+        settings.engagement_threshold,
+        settings.a_b_test_duration_hours,
+    ) == (
         100,
         0.06,
         168,
@@ -26,10 +30,16 @@ def test_defaults_apply_to_an_empty_file() -> None:
     ("raw", "expected"),
     [
         ({"engagement_threshold": 1.5}, "x.yaml: engagement_threshold = 1.5: input should be less than 1"),
-        ({"training_data_threshold": "many"}, "x.yaml: training_data_threshold = 'many': input should be a valid integer"),
+        (
+            {"training_data_threshold": "many"},
+            "x.yaml: training_data_threshold = 'many': input should be a valid integer",
+        ),
         ({"backend": "vertex"}, "x.yaml: backend = 'vertex': input should be 'local' or 'openai'"),
         ({"timezone": "Mars/Base"}, "x.yaml: timezone = 'Mars/Base': expected an IANA timezone name"),
-        ({"training": {"n_epochs": 0}}, "x.yaml: training.n_epochs = 0: input should be greater than or equal to 1"),
+        (
+            {"training": {"n_epochs": 0}},
+            "x.yaml: training.n_epochs = 0: input should be greater than or equal to 1",
+        ),
         ({"engagment_threshold": 0.1}, "x.yaml: unknown key 'engagment_threshold'"),
         ({"posts_table": "posts; drop table x"}, "x.yaml: posts_table = 'posts; drop table x'"),
     ],
@@ -46,7 +56,11 @@ def test_environment_overrides_win_over_the_file() -> None:
     settings = parse_settings(
         {"engagement_threshold": 0.06, "training": {"n_epochs": 3}},
         source="x.yaml",
-        environ={"FINETUNE_ENGAGEMENT_THRESHOLD": "0.08", "FINETUNE_TRAINING__N_EPOCHS": "5", "FINETUNE_OTHER": "x"},
+        environ={
+            "FINETUNE_ENGAGEMENT_THRESHOLD": "0.08",
+            "FINETUNE_TRAINING__N_EPOCHS": "5",
+            "FINETUNE_OTHER": "x",
+        },
     )
     assert settings.engagement_threshold == 0.08
     assert settings.training.n_epochs == 5

@@ -41,7 +41,10 @@ def evaluation_scores(
         )
     predictor = fit_predictor(db.history_for_predictor(settings.min_impressions))
     backend = make_backend(settings.backend, settings.resolved_state_dir())
-    options = {"max_new_tokens": settings.evaluation.max_new_tokens, "seed": settings.evaluation.generation_seed}
+    options = {
+        "max_new_tokens": settings.evaluation.max_new_tokens,
+        "seed": settings.evaluation.generation_seed,
+    }
     candidate = score_model(backend.load(model["model_id"]), holdout, predictor, **options)
     champion = score_model(backend.load(champion_id), holdout, predictor, **options)
     scores = {"candidate": candidate.as_dict(), "champion": champion.as_dict()}

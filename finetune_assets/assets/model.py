@@ -9,8 +9,8 @@ import dagster as dg
 
 from finetune_assets.checks import FINE_TUNED_MODEL_CHECKS, fine_tune_results
 from finetune_assets.finetuning import make_backend
-from finetune_assets.finetuning.dataset import parse_prompt
 from finetune_assets.finetuning.base import TERMINAL_STATUSES, FineTuningBackend, TrainingSpec
+from finetune_assets.finetuning.dataset import parse_prompt
 from finetune_assets.k8s import k8s_resources
 from finetune_assets.partitions import weekly_cycle_partitions
 from finetune_assets.reporting import curve
@@ -23,7 +23,11 @@ POLL_SECONDS = 15.0
 
 
 def config_hash(settings: Settings) -> str:
-    relevant = {"backend": settings.backend, "base_model": settings.base_model, **settings.training.model_dump()}
+    relevant = {
+        "backend": settings.backend,
+        "base_model": settings.base_model,
+        **settings.training.model_dump(),
+    }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -46,7 +50,10 @@ def ensure_base_model(settings: Settings, db: PlatformStore, log: dg.DagsterLogM
         if isinstance(prompt, list) and completion.strip():
             texts.append(format_chat_for_pretraining([*prompt, {"role": "assistant", "content": completion}]))
     ensure_demo_base_model(
-        texts, settings.resolved_state_dir() / "base_models" / DEMO_BASE_MODEL, seed=settings.training.seed, progress=log.info
+        texts,
+        settings.resolved_state_dir() / "base_models" / DEMO_BASE_MODEL,
+        seed=settings.training.seed,
+        progress=log.info,
     )
 
 
@@ -130,6 +137,7 @@ def fine_tuned_model(
         status=result.status,
         details={
             "metrics": result.metrics,
+            "losses": result.losses,
             "trained_tokens": result.trained_tokens,
             "artifact_uri": result.artifact_uri,
             "mlflow_run_id": mlflow_run_id,

@@ -19,8 +19,11 @@ generated_posts = dg.AssetSpec(
     ),
     group_name="finetune",
     kinds={"sql"},
-    metadata={"owner": "content app", "columns": "post_id, created_at, user_id, model_id, experiment_id, "
-              "variant, prompt_messages, completion, impressions, engagements, updated_at"},
+    metadata={
+        "owner": "content app",
+        "columns": "post_id, created_at, user_id, model_id, experiment_id, "
+        "variant, prompt_messages, completion, impressions, engagements, updated_at",
+    },
 )
 
 
@@ -94,9 +97,7 @@ def training_data(
             "superseded_datasets": superseded,
             "engagement_threshold": settings.engagement_threshold,
             "min_impressions": settings.min_impressions,
-            "engagement_rate_distribution": dg.MetadataValue.md(
-                histogram(rates, marker=settings.engagement_threshold)
-            ),
+            "engagement_rate_distribution": dg.MetadataValue.md(histogram(rates, marker=settings.engagement_threshold)),
             "list_posts": dg.MetadataValue.text(f"finetune-assets posts {dataset_id}"),
         },
         check_results=results,

@@ -102,9 +102,7 @@ def _choose(bucket: float, ranges: tuple[tuple[float, float], tuple[float, float
     return NOT_ENROLLED_CODE
 
 
-def assign_variant(
-    user_id: str | int, salt: str, *, split: float = 0.5, coverage: float = 1.0
-) -> Variant | None:
+def assign_variant(user_id: str | int, salt: str, *, split: float = 0.5, coverage: float = 1.0) -> Variant | None:
     """The arm of ``user_id`` in the experiment phase ``salt`` (``"{experiment_id}:{phase}"``, §1).
 
     ``split`` is the treatment (candidate) share of enrolled users; ``coverage`` the enrolled share of
@@ -121,9 +119,7 @@ def assign_variant(
     return None
 
 
-def _fnv_columns(
-    h: npt.NDArray[np.uint64], codes: npt.NDArray[np.uint64], lengths: npt.NDArray[np.intp]
-) -> None:
+def _fnv_columns(h: npt.NDArray[np.uint64], codes: npt.NDArray[np.uint64], lengths: npt.NDArray[np.intp]) -> None:
     """FNV-1a step over each row's first ``lengths[i]`` code points, in place (rows = ids)."""
     prime = np.uint64(FNV_PRIME)
     mask = np.uint64(_MASK32)

@@ -60,9 +60,7 @@ class ArmSums:
         m_arr = np.asarray(m, dtype=np.float64)
         d_arr = np.asarray(d, dtype=np.float64)
         if m_arr.ndim != 1 or m_arr.shape != d_arr.shape:
-            raise ValueError(
-                f"m and d must be 1-D of equal length, got shapes {m_arr.shape} and {d_arr.shape}"
-            )
+            raise ValueError(f"m and d must be 1-D of equal length, got shapes {m_arr.shape} and {d_arr.shape}")
         return cls(
             n=int(m_arr.size),
             sum_m=float(m_arr.sum()),
@@ -237,11 +235,7 @@ def confidence_sequence(
     log_term = -2.0 * math.log(alpha)
     rho2 = (log_term + math.log(log_term + 1.0)) / n_star
     big = n_total * rho2 + 1.0
-    half = (
-        se
-        * math.sqrt(n_total)
-        * math.sqrt(2.0 * big / (n_total**2 * rho2) * math.log(math.sqrt(big) / alpha))
-    )
+    half = se * math.sqrt(n_total) * math.sqrt(2.0 * big / (n_total**2 * rho2) * math.log(math.sqrt(big) / alpha))
     if se == 0.0:
         p = 1.0 if expected == theta0 else 0.0
     else:
@@ -383,8 +377,7 @@ def decide(
     if min(n_c, n_t) < min_users_per_arm:
         return keep(
             "too_few_users",
-            f"not enough users: {min(n_c, n_t):,} < {min_users_per_arm:,} per arm "
-            f"(control {n_c:,}, treatment {n_t:,})",
+            f"not enough users: {min(n_c, n_t):,} < {min_users_per_arm:,} per arm (control {n_c:,}, treatment {n_t:,})",
         )
     if srm.status == "not_enough_traffic":
         return keep("too_few_users", srm.message)

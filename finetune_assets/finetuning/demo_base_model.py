@@ -179,6 +179,7 @@ def _build(
     device: str,
 ) -> dict[str, Any]:
     import torch
+    import torch.nn.functional as F
     from transformers import GPT2Config, GPT2LMHeadModel
 
     started = time.monotonic()
@@ -212,7 +213,8 @@ def _build(
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        model = GPT2LMHeadModel(config).to(device)
+        model: Any = GPT2LMHeadModel(config)  # Any: transformers' `to` signature confuses mypy
+        model = model.to(device)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LEARNING_RATE, weight_decay=0.01)
         rng = random.Random(seed)
@@ -239,7 +241,8 @@ def _build(
                 done_fraction = max(step / max_steps, elapsed / max(pretrain_seconds, 1e-9))
                 for group in optimizer.param_groups:
                     group["lr"] = _pretrain_lr(step, done_fraction)
-                loss = model(input_ids=batch, labels=batch).loss
+                logits = model(input_ids=batch).logits
+                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

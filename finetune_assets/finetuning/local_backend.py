@@ -23,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import threading
 import time
 import uuid
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -119,7 +121,10 @@ def device_info(device: str = "auto") -> dict[str, Any]:
 def _chat_parts(example: ChatExample) -> tuple[list[Message], list[Message]]:
     """(prompt, prompt + completion): everything up to the last assistant message, and through it."""
     messages = list(example.messages)
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not assistant:
+        raise LocalBackendError(f"example {example.post_id} has no assistant message to learn or score")
+    last = assistant[-1]
     return messages[:last], messages[: last + 1]
 
 
@@ -223,6 +228,14 @@ def _seeded(seed: int, device: str) -> Iterator[None]:
 # ------------------------------------------------------------------------------------------ models
 
 
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """PEFT calls a transformers API that v5 deprecated; the FutureWarning is noise in every run log."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def _load_checkpoint(path: Path, device: str, tokenizer_path: Path | None = None) -> tuple[Any, Any]:
     """Model and tokenizer from local files only (never the hub), with a chat template and a pad token."""
     import torch
@@ -231,7 +244,7 @@ def _load_checkpoint(path: Path, device: str, tokenizer_path: Path | None = None
     configure_torch_threads()
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path or path), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        model: Any = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
     if tokenizer.pad_token is None:
@@ -254,6 +267,21 @@ def _stop_token_ids(tokenizer: Any) -> list[int]:
     if isinstance(end_id, int) and end_id != tokenizer.unk_token_id and end_id >= 0:
         ids.add(end_id)
     return sorted(ids)
+
+
+class _DropPaddingWarning(logging.Filter):
+    """Drops transformers' "pass an attention_mask" warning, a false alarm during batched generation.
+
+    generate() does pass the mask; transformers drops it internally once it is all ones, and rows that
+    already ended are then fed pad tokens, which trips the heuristic. Batched and one-by-one generation
+    give identical text, so the warning would only mislead whoever reads the run log.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "strongly recommend passing in an `attention_mask`" not in record.getMessage()
+
+
+_PADDING_FILTER = _DropPaddingWarning()
 
 
 class LocalTextModel:
@@ -279,6 +307,7 @@ class LocalTextModel:
         self.batch_size = batch_size
         self.context_limit = _context_limit(model, MAX_EVAL_CONTEXT)
         self._lock = threading.Lock()  # one forward pass at a time: torch already uses every core
+        logging.getLogger("transformers.modeling_utils").addFilter(_PADDING_FILTER)  # idempotent
 
     def generate(self, prompts: Sequence[Sequence[Message]], *, max_new_tokens: int, seed: int) -> list[str]:
         """Sampled completions (temperature, top-k), left-padded batches, reproducible for a seed.
@@ -320,9 +349,7 @@ class LocalTextModel:
                         eos_token_id=_stop_token_ids(tok),
                     )
                 new_tokens = generated[:, width:]
-                outputs.extend(
-                    text.strip() for text in tok.batch_decode(new_tokens, skip_special_tokens=True)
-                )
+                outputs.extend(text.strip() for text in tok.batch_decode(new_tokens, skip_special_tokens=True))
         return outputs
 
     def completion_loss(self, examples: Sequence[ChatExample]) -> float:
@@ -420,21 +447,24 @@ class LocalBackend:
 
         A per-job file lock serialises concurrent starts: the second one waits, then re-attaches. A
         failed or cancelled job is final for its key too (like an OpenAI job); retry with a new key.
+        An exception (a bug, out of memory) propagates and leaves no result, so a retry trains again.
         """
         say = progress or (lambda _line: None)
         job_id = self.job_id_for(spec)
         job_dir = self.job_dir(job_id)
+        if not (job_dir / RESULT_FILE).is_file():
+            # Bad input fails before the job directory exists, so it never shows up as a job.
+            if not spec.train:
+                raise LocalBackendError(f"{job_id}: the training set is empty")
+            self.resolve_base_model(spec.base_model)
         job_dir.mkdir(parents=True, exist_ok=True)
         with self._job_lock(job_dir):
             if (job_dir / RESULT_FILE).is_file():
                 state = self.poll(job_id)
                 say(f"{job_id}: already {state.status}, re-attached (no training)")
                 return state
-            if not spec.train:
-                raise LocalBackendError(f"{job_id}: the training set is empty")
-            base_path = self.resolve_base_model(spec.base_model)
             (job_dir / CANCEL_FILE).unlink(missing_ok=True)
-            result = self._train(spec, job_id, job_dir, base_path, say)
+            result = self._train(spec, job_id, job_dir, self.resolve_base_model(spec.base_model), say)
             _write_json_atomic(job_dir / RESULT_FILE, result)
         return self.poll(job_id)
 
@@ -537,7 +567,7 @@ class LocalBackend:
             from peft import PeftModel
 
             model, tokenizer = _load_checkpoint(base_path, device, tokenizer_path=adapter_dir)
-            with quiet_transformers():
+            with quiet_transformers(), _quiet_peft():
                 model = PeftModel.from_pretrained(model, str(adapter_dir)).to(device)
         loaded = LocalTextModel(model_id, model, tokenizer, device)
         with _MODEL_CACHE_LOCK:
@@ -606,7 +636,8 @@ class LocalBackend:
                 target_modules=targets,
                 fan_in_fan_out=targets == GPT2_LORA_TARGETS,  # GPT-2's Conv1D stores weights transposed
             )
-            model = get_peft_model(model, lora)
+            with _quiet_peft():
+                model = get_peft_model(model, lora)
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             optimizer = torch.optim.AdamW(
                 [p for p in model.parameters() if p.requires_grad], lr=params["learning_rate"], weight_decay=0.0

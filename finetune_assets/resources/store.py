@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -147,7 +146,7 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _row(mapping: Mapping[str, Any]) -> dict[str, Any]:
+def _row(mapping: Any) -> dict[str, Any]:
     return {k: as_utc(v) if isinstance(v, datetime) else v for k, v in mapping.items()}
 
 
@@ -354,15 +353,14 @@ class PlatformStore:
             d
             for (d,) in conn.execute(
                 sa.select(datasets.c.dataset_id).where(
-                    datasets.c.partition_key == partition_key, datasets.c.status.in_(("collected", "validated"))
+                    datasets.c.partition_key == partition_key,
+                    datasets.c.status.in_(("collected", "validated")),
                 )
             )
         ]
         if stale:
             conn.execute(ledger.delete().where(ledger.c.dataset_id.in_(stale)))
-            conn.execute(
-                datasets.update().where(datasets.c.dataset_id.in_(stale)).values(status="superseded")
-            )
+            conn.execute(datasets.update().where(datasets.c.dataset_id.in_(stale)).values(status="superseded"))
         return len(stale)
 
     def record_dataset(
@@ -464,9 +462,7 @@ class PlatformStore:
 
     def record_model(self, **values: Any) -> None:
         with self.engine.begin() as conn:
-            exists = conn.execute(
-                sa.select(models.c.model_id).where(models.c.model_id == values["model_id"])
-            ).first()
+            exists = conn.execute(sa.select(models.c.model_id).where(models.c.model_id == values["model_id"])).first()
             if exists:
                 conn.execute(models.update().where(models.c.model_id == values["model_id"]).values(**values))
             else:

@@ -104,7 +104,10 @@ class TrackingResource(dg.ConfigurableResource):
                 return None
             raise
         return RegisteredVersion(
-            self.registered_model_name, str(version.version), version.tags.get("model_id", ""), dict(version.tags)
+            self.registered_model_name,
+            str(version.version),
+            version.tags.get("model_id", ""),
+            dict(version.tags),
         )
 
     def register(self, *, model_id: str, source: str, run_id: str | None, tags: Mapping[str, str]) -> RegisteredVersion:
@@ -123,9 +126,7 @@ class TrackingResource(dg.ConfigurableResource):
             for key, value in tags.items():
                 client.set_model_version_tag(name, version.version, key, value)
         else:
-            version = client.create_model_version(
-                name, source, run_id=run_id, tags={"model_id": model_id, **tags}
-            )
+            version = client.create_model_version(name, source, run_id=run_id, tags={"model_id": model_id, **tags})
         merged = {**dict(version.tags or {}), "model_id": model_id, **tags}
         return RegisteredVersion(name, str(version.version), model_id, merged)
 

@@ -361,9 +361,7 @@ def _parse_prompt(prompt: Sequence[Mapping[str, str]], rng: np.random.Generator)
     topic_match = _PROMPT_TOPIC.search(user)
     brand = brand_match.group(1) if brand_match else "our team"
     topic = topic_match.group(1) if topic_match else "our latest news"
-    category = _CATEGORY_BY_TOPIC.get(topic) or (
-        _CATEGORY_BY_KIND.get(brand_match.group(2)) if brand_match else None
-    )
+    category = _CATEGORY_BY_TOPIC.get(topic) or (_CATEGORY_BY_KIND.get(brand_match.group(2)) if brand_match else None)
     if category is None:
         category = _CATEGORIES[int(rng.integers(len(_CATEGORIES)))]
     order = rng.permutation(len(category.things))
@@ -375,9 +373,7 @@ def _parse_prompt(prompt: Sequence[Mapping[str, str]], rng: np.random.Generator)
     return _Slots(topic=topic, brand=brand, audience=audience, things=tuple(things))
 
 
-def _sentences(
-    slots: _Slots, rng: np.random.Generator, pool: Sequence[str], k: int, first_thing: int
-) -> list[str]:
+def _sentences(slots: _Slots, rng: np.random.Generator, pool: Sequence[str], k: int, first_thing: int) -> list[str]:
     """`k` distinct sentences from `pool`, each naming the next unused thing (so a mention is never lost)."""
     out: list[str] = []
     thing = first_thing
@@ -404,9 +400,7 @@ def _hashtags(slots: _Slots, rng: np.random.Generator, spam: bool = False) -> st
     if draw < 0.5:
         return ""
     n = int(rng.integers(1, 4)) if draw < 0.88 else int(rng.integers(6, 9))
-    topic_tag = "#" + "".join(
-        w.capitalize() for w in re.findall(r"[A-Za-z]+", slots.topic) if w not in ("our", "the")
-    )
+    topic_tag = "#" + "".join(w.capitalize() for w in re.findall(r"[A-Za-z]+", slots.topic) if w not in ("our", "the"))
     brand_tag = "#" + "".join(re.findall(r"[A-Za-z]+", slots.brand))
     tags = [topic_tag, brand_tag, *(_GENERIC_TAGS[int(i)] for i in rng.permutation(len(_GENERIC_TAGS)))]
     return " ".join(tags[:n])
@@ -444,8 +438,7 @@ def _write(style: str, slots: _Slots, rng: np.random.Generator) -> str:
             parts.append(_pick(rng, _CTAS))
     elif style == "story":
         parts = [
-            f"Last {_pick(rng, _DAYS)}, one of our {slots.audience} stopped by"
-            f" and asked about {slots.things[0]}.",
+            f"Last {_pick(rng, _DAYS)}, one of our {slots.audience} stopped by and asked about {slots.things[0]}.",
             f"We ended up talking for an hour about {slots.topic}.",
             f"{slots.things[1].capitalize()} came up too, of course.",
             *_sentences(slots, rng, _FILLER, int(rng.integers(1, 3)), 2),

@@ -40,9 +40,7 @@ _FIRST_SENTENCE = re.compile(r"[^.!?\n]*[.!?\n]?")
 def count_emojis(text: str) -> int:
     """Pictographic emoji code points (variation selectors and joiners are not counted)."""
     return sum(
-        1
-        for ch in text
-        if 0x1F300 <= ord(ch) <= 0x1FAFF or 0x2600 <= ord(ch) <= 0x27BF or ord(ch) in (0x2B50, 0x2B55)
+        1 for ch in text if 0x1F300 <= ord(ch) <= 0x1FAFF or 0x2600 <= ord(ch) <= 0x27BF or ord(ch) in (0x2B50, 0x2B55)
     )
 
 

@@ -50,9 +50,7 @@ def simulate_arms(rng: np.random.Generator, reps: int, n_users: int, lift: float
     return [ArmSums(n_users, *(float(x) for x in row)) for row in sums]
 
 
-def simulate_user_totals(
-    rng: np.random.Generator, n_users: int, lift: float
-) -> tuple[np.ndarray, np.ndarray]:
+def simulate_user_totals(rng: np.random.Generator, n_users: int, lift: float) -> tuple[np.ndarray, np.ndarray]:
     d = 1 + rng.negative_binomial(2, 2 / 11, size=n_users)
     p = rng.beta(1.14, 17.86, size=n_users)
     return rng.binomial(d, np.minimum(p * (1.0 + lift), 1.0)), d
@@ -121,9 +119,7 @@ def test_relative_lift_delta_method_formula() -> None:
 
 
 def test_t1_t2_aa_false_positive_rate_and_p_value_uniformity(aa_runs: Runs) -> None:
-    p = np.array(
-        [relative_lift(c, t).p_value for c, t in zip(aa_runs.control, aa_runs.treatment, strict=True)]
-    )
+    p = np.array([relative_lift(c, t).p_value for c, t in zip(aa_runs.control, aa_runs.treatment, strict=True)])
     fpr = float(np.mean(p < ALPHA))
     assert 0.035 <= fpr <= 0.065, fpr  # T1 (reference 0.0515)
     assert stats.kstest(p, "uniform").pvalue > 0.001  # T2
@@ -257,9 +253,7 @@ def test_t9_srm_single_check_aa_false_alarm_rate() -> None:
     rng = np.random.default_rng(9)
     totals = rng.poisson(40_000, size=20_000)
     treated = rng.binomial(totals, 0.5)
-    p = np.array(
-        [srm_p_value([int(n - k), int(k)], [0.5, 0.5]) for n, k in zip(totals, treated, strict=True)]
-    )
+    p = np.array([srm_p_value([int(n - k), int(k)], [0.5, 0.5]) for n, k in zip(totals, treated, strict=True)])
     assert float(np.mean(p < SRM_THRESHOLD)) <= 0.004  # reference 0.001; SE 0.00022 at 20,000 runs
 
 

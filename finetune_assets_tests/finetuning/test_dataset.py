@@ -39,10 +39,19 @@ def row(post_id: int = 1, **overrides: object) -> dict:
         ({"prompt_messages": None}, RejectReason.INVALID_PROMPT_MESSAGES),
         ({"prompt_messages": json.dumps({"messages": []})}, RejectReason.INVALID_PROMPT_MESSAGES),
         ({"prompt_messages": json.dumps(["hello"])}, RejectReason.INVALID_PROMPT_MESSAGES),
-        ({"prompt_messages": json.dumps([{"role": "user", "text": "x"}])}, RejectReason.INVALID_PROMPT_MESSAGES),
-        ({"prompt_messages": json.dumps([{"role": "system", "content": "only system"}])}, RejectReason.INVALID_PROMPT_MESSAGES),
+        (
+            {"prompt_messages": json.dumps([{"role": "user", "text": "x"}])},
+            RejectReason.INVALID_PROMPT_MESSAGES,
+        ),
+        (
+            {"prompt_messages": json.dumps([{"role": "system", "content": "only system"}])},
+            RejectReason.INVALID_PROMPT_MESSAGES,
+        ),
         ({"completion": "x" * 501}, RejectReason.OVERSIZED_TEXT),
-        ({"prompt_messages": json.dumps([{"role": "user", "content": "y" * 2100}])}, RejectReason.OVERSIZED_TEXT),
+        (
+            {"prompt_messages": json.dumps([{"role": "user", "content": "y" * 2100}])},
+            RejectReason.OVERSIZED_TEXT,
+        ),
         ({"completion": "a." * 240}, RejectReason.TOO_MANY_TOKENS),
         ({"completion": "Write to jane.doe@example.com today"}, RejectReason.PII),
         ({"completion": "Call +1 (415) 555-0199 now"}, RejectReason.PII),
@@ -63,7 +72,10 @@ def test_a_good_post_becomes_a_chat_example() -> None:
 
 
 def test_selection_drops_duplicates_and_known_examples_and_counts_every_row() -> None:
-    rows = [row(i) for i in range(1, 101)] + [row(101, completion=row(5)["completion"]), row(102, completion=None)]
+    rows = [row(i) for i in range(1, 101)] + [
+        row(101, completion=row(5)["completion"]),
+        row(102, completion=None),
+    ]
     known = frozenset({validate_post(row(7), LIMITS).content_hash})  # type: ignore[union-attr]
     selection = select_examples(rows, LIMITS, holdout_fraction=0.2, known_hashes=known)
     kept = [p.example.post_id for p in selection.train + selection.holdout]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_assets.finetuning.base import ChatExample, TrainingSpec
+from finetune_assets.finetuning.base import ChatExample, FineTuningBackend, TextModel, TrainingSpec
 from finetune_assets.finetuning.demo_base_model import (
     DEMO_BASE_MODEL,
     MARKER_FILE,
@@ -138,11 +138,12 @@ def test_hyperparameters_default_and_accept_openai_style() -> None:
 
 
 def test_missing_demo_base_and_unknown_ids_are_clear_errors(tmp_path: Path) -> None:
-    backend = LocalBackend(tmp_path)
+    backend: FineTuningBackend = LocalBackend(tmp_path)  # mypy checks the protocol here
     with pytest.raises(LocalBackendError, match="ensure_demo_base_model"):
         backend.load(DEMO_BASE_MODEL)
     with pytest.raises(LocalBackendError, match="ensure_demo_base_model"):
         backend.start(_spec("nodemo" + "0" * 30))
+    assert not (tmp_path / "jobs").exists()  # a refused start leaves no half-made job behind
     with pytest.raises(LocalBackendError, match="unknown model 'gpt-4o-mini'"):
         backend.load("gpt-4o-mini")
     with pytest.raises(LocalBackendError, match="unknown fine-tuned model"):
@@ -252,11 +253,11 @@ def test_finetuned_model_prefers_the_trained_style(trained: tuple[LocalBackend, 
 @pytest.mark.slow
 def test_generate_is_batched_and_reproducible(trained: tuple[LocalBackend, str, list[str]]) -> None:
     backend, job_id, _ = trained
-    tuned = backend.load(backend.poll(job_id).fine_tuned_model or "")
+    tuned: TextModel = backend.load(backend.poll(job_id).fine_tuned_model or "")
     prompts = [ex.prompt for ex in HYPE_HELD_OUT[:5]]
     first = tuned.generate(prompts, max_new_tokens=30, seed=7)
     assert len(first) == len(prompts) and all(text.strip() for text in first)
-    assert not any("<|" in text for text in first)  # special tokens stripped
+    assert not any("<|" in text for text in first)  # special tokens removed
     assert tuned.generate(prompts, max_new_tokens=30, seed=7) == first
     assert tuned.generate([], max_new_tokens=30, seed=7) == []
 
@@ -289,6 +290,19 @@ def test_non_finite_loss_fails_the_job(state_dir: Path) -> None:
 
 
 @pytest.mark.slow
+def test_cancel_stops_a_running_job(state_dir: Path) -> None:
+    backend = LocalBackend(state_dir)
+    spec = _spec("cancel" + "0" * 30, train=HYPE_TRAIN[:48])
+    job_id = LocalBackend.job_id_for(spec)
+    # The first progress line comes from inside the running job: cancel as another caller would.
+    state = backend.start(spec, progress=lambda _line: backend.cancel(job_id))
+    assert state.status == "cancelled" and state.fine_tuned_model is None
+    assert backend.result(job_id).losses == []
+    assert not (backend.job_dir(job_id) / "adapter").exists()
+    assert backend.start(spec).status == "cancelled"
+
+
+@pytest.mark.slow
 def test_device_info_respects_the_machine() -> None:
     import torch
 
@@ -297,3 +311,41 @@ def test_device_info_respects_the_machine() -> None:
     info = device_info("cpu")
     assert info["device"] == "cpu"
     assert info["torch_threads"] == torch.get_num_threads() <= available_cpus()
+
+
+@pytest.mark.slow
+def test_any_checkpoint_path_without_chat_template(state_dir: Path, tmp_path: Path) -> None:
+    """A non-GPT-2 checkpoint given by path: LoRA on all linear layers, the fallback role-tag template."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from finetune_assets.finetuning.local_backend import FALLBACK_CHAT_TEMPLATE
+
+    tokenizer = AutoTokenizer.from_pretrained(LocalBackend(state_dir).demo_base_model_dir)
+    tokenizer.chat_template = None
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    checkpoint = tmp_path / "tiny-llama"
+    LlamaForCausalLM(config).save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+
+    backend = LocalBackend(tmp_path / "state")
+    spec = _spec("llama" + "0" * 30, base_model=str(checkpoint), train=HYPE_TRAIN[:32], validation=[])
+    state = backend.start(spec)
+    assert state.status == "succeeded", state.error
+    assert state.fine_tuned_model == f"ft:tiny-llama:hype:{state.job_id}"
+    adapter_config = json.loads((backend.job_dir(state.job_id) / "adapter" / "adapter_config.json").read_text())
+    assert any(name.endswith("mlp.down_proj") for name in adapter_config["target_modules"])
+    tuned = backend.load(state.fine_tuned_model)
+    assert tuned.tokenizer.chat_template == FALLBACK_CHAT_TEMPLATE
+    assert len(tuned.generate([HYPE_HELD_OUT[0].prompt], max_new_tokens=5, seed=0)) == 1
+    assert math.isfinite(backend.load(str(checkpoint)).completion_loss(HYPE_HELD_OUT[:4]))

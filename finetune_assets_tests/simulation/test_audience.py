@@ -59,14 +59,10 @@ def test_plan_respects_assignment_and_window(users: list[DemoUser]) -> None:
 
 
 def test_plan_volume_and_determinism(users: list[DemoUser]) -> None:
-    everyone = plan_traffic(
-        users, start=START, hours=HOURS, assign=lambda _: "a", rng=np.random.default_rng(5)
-    )
+    everyone = plan_traffic(users, start=START, hours=HOURS, assign=lambda _: "a", rng=np.random.default_rng(5))
     expected = len(users) * 0.6 * 2.0
     assert 0.75 * expected <= len(everyone) <= 1.25 * expected
-    assert everyone == plan_traffic(
-        users, start=START, hours=HOURS, assign=lambda _: "a", rng=np.random.default_rng(5)
-    )
+    assert everyone == plan_traffic(users, start=START, hours=HOURS, assign=lambda _: "a", rng=np.random.default_rng(5))
     # A user's plan does not depend on how the others were assigned.
     enrolled_only = {p.user_id: p for p in _plan(users)}
     for post in everyone:
@@ -136,9 +132,7 @@ def test_score_rejects_mismatches(users: list[DemoUser]) -> None:
 
 def test_good_style_writer_earns_more(users: list[DemoUser]) -> None:
     """Same planned posts, same audience draws: the good-style writer's aggregate rate is clearly higher."""
-    planned = plan_traffic(
-        users, start=START, hours=HOURS, assign=lambda _: "arm", rng=np.random.default_rng(9)
-    )
+    planned = plan_traffic(users, start=START, hours=HOURS, assign=lambda _: "arm", rng=np.random.default_rng(9))
     hidden = HiddenEngagementModel()
     by_id = {u.user_id: u for u in users}
 

@@ -88,8 +88,7 @@ def test_writer_follows_the_prompt_mention() -> None:
         },
         {
             "role": "user",
-            "content": "Write a short post about sourdough Saturdays for our customers."
-            " Mention fresh rye bread.",
+            "content": "Write a short post about sourdough Saturdays for our customers. Mention fresh rye bread.",
         },
     ]
     texts = [write_post(prompt, rng) for _ in range(50)]
