@@ -11,7 +11,8 @@ import sys
 
 LOAD = (
     "import sys, time; t = time.perf_counter(); from finetune_assets.definitions import defs; "
-    "print(time.perf_counter() - t, ','.join(m for m in ('torch', 'transformers', 'peft', 'mlflow') if m in sys.modules))"
+    "heavy = [m for m in ('torch', 'transformers', 'peft', 'mlflow') if m in sys.modules]; "
+    "print(time.perf_counter() - t, ','.join(heavy))"
 )
 BARE = "import time; t = time.perf_counter(); import dagster; print(time.perf_counter() - t, '')"
 

@@ -34,7 +34,9 @@ def main() -> None:
         )
         wall = time.perf_counter() - started
     timings = [line for line in result.stdout.splitlines() if line.startswith("Timings")]
-    print(f"demo exit code {result.returncode}; wall {wall:.1f} s = {wall / BUDGET_S:.0%} of the {BUDGET_S:.0f} s budget")
+    print(
+        f"demo exit code {result.returncode}; wall {wall:.1f} s = {wall / BUDGET_S:.0%} of the {BUDGET_S:.0f} s budget"
+    )
     print(timings[0] if timings else result.stdout[-2000:] + result.stderr[-2000:])
 
 

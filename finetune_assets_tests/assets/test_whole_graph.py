@@ -1,0 +1,145 @@
+"""The whole loop through Dagster on embedded defaults: real (small) training, simulated A/B traffic,
+the sensor firing at the window's end, the decision, and the registry. Slow by nature (~1 min)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from mlflow import MlflowClient
+
+from finetune_assets.definitions import defs
+from finetune_assets.demo import simulate_ab_traffic
+from finetune_assets.finetuning import make_backend
+from finetune_assets.finetuning.dataset import parse_prompt
+from finetune_assets.finetuning.demo_base_model import (
+    DEMO_BASE_MODEL,
+    ensure_demo_base_model,
+    format_chat_for_pretraining,
+)
+from finetune_assets.resources.store import PlatformStore
+from finetune_assets.sensors import ab_test_sensor
+from finetune_assets.settings import load_settings
+from finetune_assets.simulation import DemoWorldConfig, generate_corpus
+from finetune_assets_tests.conftest import NOW, resources_for, write_config
+
+pytestmark = pytest.mark.slow
+WORLD = DemoWorldConfig(seed=11, n_users=600, n_posts=1500)
+CYCLE = "2026-11-15"
+SMALL = {
+    "training_data_threshold": 50,
+    "training": {"n_epochs": 2, "learning_rate": 0.003, "batch_size": 16, "max_seq_len": 128},
+    "evaluation": {"max_holdout_examples": 40, "min_holdout_examples": 10, "max_new_tokens": 40},
+    "experiment": {"min_users_per_arm": 30},
+}
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo base model, pretrained once for this module on the world's non-qualifying posts."""
+    texts = []
+    for row in generate_corpus(WORLD, now=NOW):
+        prompt = parse_prompt(row["prompt_messages"])
+        qualifies = row["impressions"] >= 100 and row["engagements"] >= 0.06 * row["impressions"]
+        if isinstance(prompt, list) and row["completion"] and not qualifies:
+            texts.append(format_chat_for_pretraining([*prompt, {"role": "assistant", "content": row["completion"]}]))
+    target = tmp_path_factory.mktemp("base") / DEMO_BASE_MODEL
+    return ensure_demo_base_model(texts, target, pretrain_seconds=15, max_epochs=3)
+
+
+@pytest.fixture
+def world(tmp_path: Path, state_dir: Path, store: PlatformStore, base_model: Path) -> Path:
+    store.insert_posts(generate_corpus(WORLD, now=NOW))
+    shutil.copytree(base_model, state_dir / "base_models" / DEMO_BASE_MODEL)
+    return write_config(tmp_path / "c.yaml", state_dir, **SMALL)
+
+
+def run(job: str, config: Path, state_dir: Path, instance: dg.DagsterInstance, now=NOW) -> dg.ExecuteInProcessResult:
+    return defs.resolve_job_def(job).execute_in_process(
+        instance=instance,
+        partition_key=CYCLE,
+        resources=resources_for(config, state_dir, now),
+        raise_on_error=False,
+    )
+
+
+def materialized(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
+    return {
+        e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+    }
+
+
+def test_the_whole_loop_promotes_through_the_sensor_and_registers_lineage(
+    world: Path, state_dir: Path, store: PlatformStore, instance: dg.DagsterInstance
+) -> None:
+    settings = load_settings(world)
+    cycle = run("finetune_cycle_job", world, state_dir, instance)
+    assert cycle.success, [e.message for e in cycle.all_events if e.is_failure]
+    assets = materialized(cycle)
+    assert set(assets) == {"training_data", "fine_tuned_model", "evaluation_scores", "ab_test"}
+    assert all(e.passed for e in cycle.get_asset_check_evaluations())
+    assert assets["fine_tuned_model"]["status"] == "succeeded"
+    assert assets["evaluation_scores"]["candidate_heldout_loss"] < assets["evaluation_scores"]["champion_heldout_loss"]
+
+    experiment = store.running_experiment()
+    assert experiment is not None and experiment["treatment_model"] == assets["fine_tuned_model"]["model_id"]
+    backend = make_backend("local", state_dir)
+    assert simulate_ab_traffic(store, backend, settings, experiment, WORLD, progress=lambda _: None) > 100
+
+    sensor_resources = resources_for(world, state_dir, experiment["ends_at"])
+    early = ab_test_sensor(dg.build_sensor_context(instance=instance, resources=resources_for(world, state_dir)))
+    assert isinstance(early, dg.SkipReason)
+    fired = ab_test_sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources))
+    assert isinstance(fired, dg.RunRequest) and fired.partition_key == CYCLE
+
+    decision = run("ab_test_decision_job", world, state_dir, instance, now=experiment["ends_at"])
+    assert decision.success, [e.message for e in decision.all_events if e.is_failure]
+    outcome = materialized(decision)
+    assert outcome["ab_test_outcome"]["traffic_source"].startswith("simulated audience")
+    assert outcome["ab_test_outcome"]["decision"] in {"promote", "keep"}
+    promoted = outcome["ab_test_outcome"]["decision"] == "promote"
+    assert outcome["production_model"]["promoted"] is promoted
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{state_dir / 'mlflow.db'}")
+    name = settings.tracking.registered_model_name
+    [version] = client.search_model_versions(f"name='{name}'")
+    assert version.tags["partition"] == CYCLE
+    assert version.tags["dataset_hash"] == assets["training_data"]["dataset_hash"]
+    assert version.tags["job_id"] == assets["fine_tuned_model"]["job_id"]
+    assert version.tags["ab_decision"] == outcome["ab_test_outcome"]["decision"]
+    if promoted:
+        assert client.get_model_version_by_alias(name, "champion").version == version.version
+        assert version.tags["previous_champion"] == DEMO_BASE_MODEL
+        assert store.production_model(default="none") == experiment["treatment_model"]
+
+    # A retried decision run neither registers twice nor moves anything.
+    again = run("ab_test_decision_job", world, state_dir, instance, now=experiment["ends_at"])
+    assert again.success
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+
+    # Lineage: production_model reaches back to the app's posts, and the posts that trained it are listed.
+    graph = defs.resolve_asset_graph()
+    upstream = graph.get(dg.AssetKey("production_model")).parent_keys
+    chain = set()
+    while upstream:
+        key = upstream.pop()
+        chain.add(key.to_user_string())
+        upstream |= set(graph.get(key).parent_keys)
+    assert "generated_posts" in chain and "training_data" in chain
+    trained = store.ledger_posts(assets["training_data"]["dataset_id"], role="train")
+    assert len(trained) == assets["training_data"]["n_train"]
+    assert json.dumps(assets["training_data"]["rejected_by_reason"])
+
+
+def test_a_failed_fine_tune_stops_everything_downstream(
+    world: Path, tmp_path: Path, state_dir: Path, store: PlatformStore, instance: dg.DagsterInstance
+) -> None:
+    exploding = write_config(tmp_path / "boom.yaml", state_dir, **{**SMALL, "training": {"learning_rate": 1.0}})
+    result = run("finetune_cycle_job", exploding, state_dir, instance)
+    assert not result.success
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["job_succeeded"].passed is False or checks["losses_finite"].passed is False
+    assert set(materialized(result)) == {"training_data", "fine_tuned_model"}
+    assert store.running_experiment() is None
