@@ -36,7 +36,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy finetune_assets
 
-test: install lint typecheck
+test: install lint typecheck $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600
 

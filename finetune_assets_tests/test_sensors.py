@@ -1,3 +1,6 @@
+import http.server
+import json
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -84,3 +87,43 @@ def test_schedule_fills_the_week_that_just_ended() -> None:
     sunday = dg.build_schedule_context(scheduled_execution_time=NOW.replace(day=29, hour=2, minute=0))
     [request] = schedule.evaluate_tick(sunday).run_requests or []
     assert request.partition_key == "2026-11-22"
+
+
+def test_run_failure_sensor_reports_the_failed_run(monkeypatch, instance: dg.DagsterInstance) -> None:
+    from finetune_assets import sensors
+
+    @dg.op
+    def explode() -> None:
+        raise RuntimeError("disk full")
+
+    @dg.job
+    def failing_job() -> None:
+        explode()
+
+    result = failing_job.execute_in_process(instance=instance, raise_on_error=False)
+    failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+    posted: list[dict] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posted.append({"path": self.path, **json.loads(self.rfile.read(int(self.headers["Content-Length"])))})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    monkeypatch.setenv(sensors.ALERT_WEBHOOK_ENV, f"http://127.0.0.1:{server.server_port}/alerts")
+    context = dg.build_run_status_sensor_context(
+        sensor_name="finetune_run_failure_sensor",
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+    ).for_run_failure()
+    sensors.finetune_run_failure_sensor(context)
+    assert posted and posted[0]["run_id"] == result.run_id and posted[0]["job"] == "failing_job"
+    assert posted[0]["path"] == "/alerts"
+    assert "explode" in posted[0]["message"]
+    server.server_close()
