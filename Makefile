@@ -36,7 +36,13 @@ lint: install
 typecheck: install
 	$(BIN)/mypy finetune_assets
 
-test: install lint typecheck $(DAGSTER_HOME)/dagster.yaml
+# Integration tests need Postgres on loopback; start the installed cluster when it is not answering.
+services:
+	@pg_isready -h 127.0.0.1 -p 5432 -q || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@for i in $$(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && exit 0; sleep 1; done; \
+	  echo "PostgreSQL is not reachable on 127.0.0.1:5432" >&2; exit 1
+
+test: install lint typecheck services $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600
 

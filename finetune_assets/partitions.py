@@ -9,6 +9,7 @@ it train only on posts no earlier cycle used). The in-progress week is never a k
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import dagster as dg
 
@@ -30,3 +31,8 @@ def current_cycle(partitions: dg.WeeklyPartitionsDefinition, now: datetime) -> s
 
 
 weekly_cycle_partitions = weekly_partitions(get_settings())
+
+
+def cycle_asset(**kwargs: Any) -> Any:
+    """`@dg.asset` for one step of the weekly cycle: same partitions, same group."""
+    return dg.asset(partitions_def=weekly_cycle_partitions, group_name="finetune", **kwargs)

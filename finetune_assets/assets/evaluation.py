@@ -7,17 +7,15 @@ from finetune_assets.evaluation.predictor import SCORER_VERSION, fit_predictor
 from finetune_assets.evaluation.scoring import comparison_table, score_model
 from finetune_assets.finetuning import make_backend
 from finetune_assets.k8s import k8s_resources
-from finetune_assets.partitions import weekly_cycle_partitions
+from finetune_assets.partitions import cycle_asset
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.store import StoreResource
 from finetune_assets.resources.tracking import TrackingResource
 
 
-@dg.asset(
-    partitions_def=weekly_cycle_partitions,
+@cycle_asset(
     deps=["fine_tuned_model"],
     check_specs=EVALUATION_CHECKS,
-    group_name="finetune",
     kinds={"pytorch"},
     op_tags=k8s_resources(cpu="2", memory="4Gi", cpu_limit="4", memory_limit="16Gi", gpus=1),
 )

@@ -12,7 +12,7 @@ import dagster as dg
 from finetune_assets.checks import AB_TEST_OUTCOME_CHECKS, enough_data, no_sample_ratio_mismatch
 from finetune_assets.experiments.statistics import ArmSums, decide, relative_lift, srm_p_value
 from finetune_assets.k8s import k8s_resources
-from finetune_assets.partitions import weekly_cycle_partitions
+from finetune_assets.partitions import cycle_asset
 from finetune_assets.reporting import table
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource
@@ -21,10 +21,8 @@ from finetune_assets.resources.store import ArmTotals, ExperimentAlreadyRunning,
 ARMS = ("control", "treatment")
 
 
-@dg.asset(
-    partitions_def=weekly_cycle_partitions,
+@cycle_asset(
     deps=["evaluation_scores"],
-    group_name="finetune",
     kinds={"sql"},
     op_tags=k8s_resources(),
 )
@@ -91,11 +89,9 @@ def arm_sums(totals: ArmTotals | None) -> ArmSums:
     )
 
 
-@dg.asset(
-    partitions_def=weekly_cycle_partitions,
+@cycle_asset(
     deps=[ab_test],
     check_specs=AB_TEST_OUTCOME_CHECKS,
-    group_name="finetune",
     kinds={"sql"},
     op_tags=k8s_resources(),
 )

@@ -12,7 +12,7 @@ from finetune_assets.finetuning import make_backend
 from finetune_assets.finetuning.base import TERMINAL_STATUSES, FineTuningBackend, TrainingSpec
 from finetune_assets.finetuning.dataset import parse_prompt
 from finetune_assets.k8s import k8s_resources
-from finetune_assets.partitions import weekly_cycle_partitions
+from finetune_assets.partitions import cycle_asset
 from finetune_assets.reporting import curve
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.store import PlatformStore, StoreResource
@@ -68,11 +68,9 @@ def wait_for(backend: FineTuningBackend, job_id: str, log: dg.DagsterLogManager,
         log.info(f"job {job_id}: {state.status}")
 
 
-@dg.asset(
-    partitions_def=weekly_cycle_partitions,
+@cycle_asset(
     deps=["training_data"],
     check_specs=FINE_TUNED_MODEL_CHECKS,
-    group_name="finetune",
     kinds={"pytorch"},
     op_tags=k8s_resources(cpu="2", memory="4Gi", cpu_limit="4", memory_limit="16Gi", gpus=1),
 )

@@ -3,16 +3,14 @@
 import dagster as dg
 
 from finetune_assets.k8s import k8s_resources
-from finetune_assets.partitions import weekly_cycle_partitions
+from finetune_assets.partitions import cycle_asset
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.store import StoreResource
 from finetune_assets.resources.tracking import CHAMPION_ALIAS, TrackingResource
 
 
-@dg.asset(
-    partitions_def=weekly_cycle_partitions,
+@cycle_asset(
     deps=["ab_test_outcome"],
-    group_name="finetune",
     kinds={"mlflow"},
     op_tags=k8s_resources(),
 )

@@ -6,7 +6,7 @@ from finetune_assets.checks import TRAINING_DATA_CHECKS, training_data_results
 from finetune_assets.finetuning.base import dataset_hash
 from finetune_assets.finetuning.dataset import Limits, select_examples
 from finetune_assets.k8s import k8s_resources
-from finetune_assets.partitions import weekly_cycle_partitions
+from finetune_assets.partitions import cycle_asset
 from finetune_assets.reporting import counts_table, histogram
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.store import StoreResource
@@ -27,11 +27,9 @@ generated_posts = dg.AssetSpec(
 )
 
 
-@dg.asset(
-    partitions_def=weekly_cycle_partitions,
+@cycle_asset(
     deps=[generated_posts],
     check_specs=TRAINING_DATA_CHECKS,
-    group_name="finetune",
     kinds={"sql"},
     op_tags=k8s_resources(),
 )

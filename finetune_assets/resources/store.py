@@ -201,6 +201,12 @@ class PlatformStore:
     def from_url(cls, url: str, posts_table_name: str = "generated_posts") -> PlatformStore:
         return cls(make_engine(url), posts_table_name)
 
+    def _first(self, query: sa.Select[Any]) -> dict[str, Any] | None:
+        """The query's first row as a plain dict with aware UTC datetimes, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(query.limit(1)).mappings().first()
+        return _row(row) if row else None
+
     # -- the app's posts ---------------------------------------------------------------------------------
 
     def create_posts_table(self) -> None:
@@ -294,7 +300,8 @@ class PlatformStore:
             .where(self._unused_organic(), self._qualifying(min_impressions, engagement_threshold))
             .order_by(self.posts.c.post_id)
         )
-        result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(query)
+        # Per statement: Connection.execution_options() would switch every later statement to a server cursor.
+        result = conn.execute(query.execution_options(stream_results=True, yield_per=chunk_size))
         for row in result.mappings():
             yield dict(row)
 
@@ -419,9 +426,7 @@ class PlatformStore:
         conn.execute(datasets.update().where(datasets.c.dataset_id == dataset_id).values(status="rejected"))
 
     def get_dataset(self, dataset_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(datasets).where(datasets.c.dataset_id == dataset_id)).mappings().first()
-        return _row(row) if row else None
+        return self._first(sa.select(datasets).where(datasets.c.dataset_id == dataset_id))
 
     def latest_dataset(self, partition_key: str, statuses: Sequence[str] = DATASET_ACTIVE) -> dict[str, Any] | None:
         query = (
@@ -430,9 +435,7 @@ class PlatformStore:
             .order_by(datasets.c.created_at.desc())
             .limit(1)
         )
-        with self.engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
-        return _row(row) if row else None
+        return self._first(query)
 
     def load_examples(self, dataset_id: str, role: str) -> list[ChatExample]:
         """Rebuild a dataset's examples from the ledger and the posts: no files pass between steps."""
@@ -479,9 +482,7 @@ class PlatformStore:
             .order_by(models.c.created_at.desc())
             .limit(1)
         )
-        with self.engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
-        return _row(row) if row else None
+        return self._first(query)
 
     def record_evaluation(
         self, *, partition_key: str, candidate: str, champion: str, passed: bool, scores: Mapping[str, Any]
@@ -508,17 +509,13 @@ class PlatformStore:
             .order_by(evaluations.c.created_at.desc())
             .limit(1)
         )
-        with self.engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
-        return _row(row) if row else None
+        return self._first(query)
 
     # -- experiments ---------------------------------------------------------------------------------------
 
     def running_experiment(self) -> dict[str, Any] | None:
         query = sa.select(experiments).where(experiments.c.status == "running").order_by(experiments.c.started_at)
-        with self.engine.connect() as conn:
-            row = conn.execute(query.limit(1)).mappings().first()
-        return _row(row) if row else None
+        return self._first(query)
 
     def start_experiment(self, **values: Any) -> dict[str, Any]:
         """Insert a running experiment; refuses a second one (only one experiment runs at a time)."""
@@ -534,21 +531,13 @@ class PlatformStore:
         return experiment
 
     def get_experiment(self, experiment_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(sa.select(experiments).where(experiments.c.experiment_id == experiment_id))
-                .mappings()
-                .first()
-            )
-        return _row(row) if row else None
+        return self._first(sa.select(experiments).where(experiments.c.experiment_id == experiment_id))
 
     def latest_experiment(self, partition_key: str | None = None) -> dict[str, Any] | None:
         query = sa.select(experiments).order_by(experiments.c.started_at.desc()).limit(1)
         if partition_key is not None:
             query = query.where(experiments.c.partition_key == partition_key)
-        with self.engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
-        return _row(row) if row else None
+        return self._first(query)
 
     def decide_experiment(
         self, experiment_id: str, *, status: str, decision: str, reason: str, details: Mapping[str, Any]

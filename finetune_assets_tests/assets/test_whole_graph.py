@@ -121,7 +121,7 @@ def test_the_whole_loop_promotes_through_the_sensor_and_registers_lineage(
 
     # Lineage: production_model reaches back to the app's posts, and the posts that trained it are listed.
     graph = defs.resolve_asset_graph()
-    upstream = graph.get(dg.AssetKey("production_model")).parent_keys
+    upstream = set(graph.get(dg.AssetKey("production_model")).parent_keys)  # a copy: never mutate the graph
     chain = set()
     while upstream:
         key = upstream.pop()
