@@ -61,14 +61,32 @@ def training_data_sensor(
     )
 
 
-@dg.sensor(job=ab_test_decision_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
+@dg.sensor(
+    jobs=[ab_test_decision_job, finetune_cycle_job],
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+)
 def ab_test_sensor(
     context: dg.SensorEvaluationContext, store: StoreResource, clock: ClockResource
 ) -> dg.RunRequest | dg.SkipReason:
-    """A running experiment whose window has closed → decide it and promote, exactly once per experiment."""
-    experiment = store.get().running_experiment()
+    """A running experiment whose window has closed → decide it and promote, exactly once per experiment.
+
+    With no experiment running, a candidate that passed evaluation while another experiment ran (its
+    `ab_test` step failed and said it waits) gets its experiment started, once per evaluation.
+    """
+    db = store.get()
+    experiment = db.running_experiment()
     if experiment is None:
-        return dg.SkipReason("no experiment is running")
+        waiting = db.waiting_candidate()
+        if waiting is None:
+            return dg.SkipReason("no experiment is running and no evaluated candidate waits for one")
+        return dg.RunRequest(
+            run_key=f"start-{waiting['evaluation_id']}",
+            job_name=finetune_cycle_job.name,
+            partition_key=waiting["partition_key"],
+            asset_selection=[dg.AssetKey("ab_test")],
+            tags={"finetune_assets/waiting_candidate": waiting["candidate_model"]},
+        )
     now = clock.now()
     if now < experiment["ends_at"]:
         hours = (experiment["ends_at"] - now).total_seconds() / 3600
@@ -78,6 +96,7 @@ def ab_test_sensor(
         )
     return dg.RunRequest(
         run_key=experiment["experiment_id"],
+        job_name=ab_test_decision_job.name,
         partition_key=experiment["partition_key"],
         tags={"finetune_assets/experiment_id": experiment["experiment_id"]},
     )

@@ -511,6 +511,22 @@ class PlatformStore:
         )
         return self._first(query)
 
+    def waiting_candidate(self) -> dict[str, Any] | None:
+        """The newest candidate that passed evaluation but has not had its experiment yet (it waited for one
+        that was running), or None. Older passed candidates are superseded by a newer one."""
+        evaluation = self._first(
+            sa.select(evaluations).where(evaluations.c.passed.is_(True)).order_by(evaluations.c.created_at.desc())
+        )
+        if evaluation is None:
+            return None
+        tested = self._first(
+            sa.select(experiments.c.experiment_id).where(
+                experiments.c.treatment_model == evaluation["candidate_model"],
+                experiments.c.partition_key == evaluation["partition_key"],
+            )
+        )
+        return None if tested else evaluation
+
     # -- experiments ---------------------------------------------------------------------------------------
 
     def running_experiment(self) -> dict[str, Any] | None:
