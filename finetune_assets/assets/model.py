@@ -31,30 +31,36 @@ def config_hash(settings: Settings) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_base_model(settings: Settings, db: PlatformStore, log: dg.DagsterLogManager) -> None:
-    """The demo base model is built once from the corpus (no model hub here); real checkpoints are used as is."""
+def ensure_base_model(settings: Settings, db: PlatformStore, log: dg.DagsterLogManager) -> str:
+    """The demo base model is built once from the corpus (no model hub here); real checkpoints are used as is.
+
+    Returns the base model's identity for the job key: a rebuilt demo model must never re-attach to a job
+    trained on its predecessor.
+    """
     if settings.backend != "local":
-        return
+        return settings.base_model
     from finetune_assets.finetuning.demo_base_model import (
         DEMO_BASE_MODEL,
+        MARKER_FILE,
         ensure_demo_base_model,
         format_chat_for_pretraining,
     )
 
     if settings.base_model != DEMO_BASE_MODEL:
-        return
+        return settings.base_model
     posts = db.pretraining_posts(settings.min_impressions, settings.engagement_threshold)
     texts = []
     for raw_prompt, completion in posts:
         prompt = parse_prompt(raw_prompt)
         if isinstance(prompt, list) and completion.strip():
             texts.append(format_chat_for_pretraining([*prompt, {"role": "assistant", "content": completion}]))
-    ensure_demo_base_model(
+    built = ensure_demo_base_model(
         texts,
         settings.resolved_state_dir() / "base_models" / DEMO_BASE_MODEL,
         seed=settings.training.seed,
         progress=log.info,
     )
+    return f"{DEMO_BASE_MODEL}@{hashlib.sha256((built / MARKER_FILE).read_bytes()).hexdigest()[:16]}"
 
 
 def wait_for(backend: FineTuningBackend, job_id: str, log: dg.DagsterLogManager, deadline_s: float) -> None:
@@ -92,10 +98,12 @@ def fine_tuned_model(
     train = db.load_examples(dataset["dataset_id"], "train")
     holdout = db.load_examples(dataset["dataset_id"], "holdout")
     validation = holdout[: settings.evaluation.max_holdout_examples]
-    ensure_base_model(settings, db, context.log)
+    base_identity = ensure_base_model(settings, db, context.log)
     backend = make_backend(settings.backend, settings.resolved_state_dir())
     spec = TrainingSpec(
-        job_key=hashlib.sha256(f"{dataset['dataset_hash']}:{config_hash(settings)}".encode()).hexdigest(),
+        job_key=hashlib.sha256(
+            f"{dataset['dataset_hash']}:{config_hash(settings)}:{base_identity}".encode()
+        ).hexdigest(),
         base_model=settings.base_model,
         train=train,
         validation=validation,

@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 from mlflow import MlflowClient
 
+from finetune_assets.assets import fine_tuned_model
 from finetune_assets.definitions import defs
 from finetune_assets.demo import simulate_ab_traffic
 from finetune_assets.finetuning import make_backend
@@ -82,6 +83,18 @@ def test_the_whole_loop_promotes_through_the_sensor_and_registers_lineage(
     assert all(e.passed for e in cycle.get_asset_check_evaluations())
     assert assets["fine_tuned_model"]["status"] == "succeeded"
     assert assets["evaluation_scores"]["candidate_heldout_loss"] < assets["evaluation_scores"]["champion_heldout_loss"]
+
+    # A retried fine-tune re-attaches to its job: same model, no second training.
+    result_file = state_dir / "jobs" / assets["fine_tuned_model"]["job_id"] / "result.json"
+    trained_at = result_file.stat().st_mtime_ns
+    retry = dg.materialize(
+        [fine_tuned_model],
+        partition_key=CYCLE,
+        resources=resources_for(world, state_dir),
+        instance=instance,
+    )
+    assert materialized(retry)["fine_tuned_model"]["model_id"] == assets["fine_tuned_model"]["model_id"]
+    assert result_file.stat().st_mtime_ns == trained_at
 
     experiment = store.running_experiment()
     assert experiment is not None and experiment["treatment_model"] == assets["fine_tuned_model"]["model_id"]
