@@ -65,7 +65,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         os.environ["FINETUNE_CONFIG"] = str(Path(args.config).resolve())
     from finetune_assets.demo import run_demo
 
-    return run_demo(settings, progress=_echo, keep_state=args.keep_state)
+    return run_demo(settings, progress=_echo)
 
 
 def cmd_posts(args: argparse.Namespace) -> int:
@@ -109,7 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
         "$DAGSTER_HOME (so `make dev` shows the runs and lineage), let the simulated audience produce 168 h of "
         "A/B traffic, decide, promote, and print a summary.",
     )
-    demo.add_argument("--keep-state", action="store_true", help="keep the previous demo's store and models")
     demo.set_defaults(func=cmd_demo)
 
     posts = commands.add_parser("posts", help="list the posts a dataset used, held out or rejected (with reasons)")

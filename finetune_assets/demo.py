@@ -202,7 +202,7 @@ def _failure_message(result: Any) -> str:
     return "the run failed"
 
 
-def run_demo(settings: Settings, *, progress: Progress, keep_state: bool = False) -> int:
+def run_demo(settings: Settings, *, progress: Progress) -> int:
     """Seed, train-to-experiment run, simulated window, sensor tick, decide-and-promote run, summary."""
     import logging
     import warnings
@@ -223,8 +223,7 @@ def run_demo(settings: Settings, *, progress: Progress, keep_state: bool = False
     timings: list[StepTiming] = []
     state_dir = settings.resolved_state_dir()
     state_dir.mkdir(parents=True, exist_ok=True)
-    if not keep_state:
-        reset_state(state_dir)
+    reset_state(state_dir)
     store = cast(StoreResource, (defs.resources or {})["store"]).get()
     now = datetime.now(tz=None).astimezone()
     started = time.monotonic()
