@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 
@@ -32,6 +33,16 @@ class RegisteredVersion:
     version: str
     model_id: str
     tags: dict[str, str]
+
+
+def redact(uri: str) -> str:
+    """A URI fit for messages: credentials in it (user:password@) are replaced by `***`."""
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _client(uri: str) -> Any:
@@ -83,7 +94,7 @@ class TrackingResource(dg.ConfigurableResource):
             )
             tracker = MlFlow(init_context)
         except Exception as exc:
-            raise TrackingUnavailable(f"MLflow at {self.uri()} is unreachable: {exc}") from exc
+            raise TrackingUnavailable(f"MLflow at {redact(self.uri())} is unreachable: {exc}") from exc
         try:
             yield tracker
         except BaseException:
