@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export FINETUNE_CONFIG ?= $(CURDIR)/pipeline_config.yaml
 
-.PHONY: install demo dev test lint typecheck services bench clean
+.PHONY: install demo dev test lint typecheck services browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -36,19 +36,35 @@ lint: install
 typecheck: install
 	$(BIN)/mypy finetune_assets
 
-# Integration tests need Postgres on loopback; start the installed cluster when it is not answering.
+# Integration tests need Postgres and Redis on loopback; start the installed servers when they do not answer.
 services:
 	@pg_isready -h 127.0.0.1 -p 5432 -q || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 	@for i in $$(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && exit 0; sleep 1; done; \
 	  echo "PostgreSQL is not reachable on 127.0.0.1:5432" >&2; exit 1
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 -::1 \
+	  --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+	@for i in $$(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && exit 0; sleep 1; done; \
+	  echo "Redis is not reachable on 127.0.0.1:6379" >&2; exit 1
 
-test: install lint typecheck services $(DAGSTER_HOME)/dagster.yaml
+# The browser tests (finetune_assets_tests/ui/) drive Debian's Chromium through Playwright: Playwright's own
+# browser download needs the internet, Debian's package comes from the package mirror. Installed once.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo -E) apt-get install -y -qq chromium >/dev/null
+
+browser: $(CHROMIUM)
+
+test: install lint typecheck services browser $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600
 
-bench: install
+bench: install services
 	$(BIN)/python bench/definitions_load.py
 	$(BIN)/python bench/demo_end_to_end.py
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/p3_assignment.py
+	$(BIN)/python bench/p4_outcome_analysis.py --rows 1000000
 
 clean:
 	rm -rf .state .dagster_home .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""`finetune-assets`: seed the demo world, run the demo cycle, list a dataset's posts.
+"""`finetune-assets`: seed the demo world, run the demo cycle, list a dataset's posts, render Kubernetes manifests.
 
 User mistakes (a bad config, a bad argument) print one line and exit non-zero, without a traceback.
 """
@@ -6,17 +6,27 @@ User mistakes (a bad config, a bad argument) print one line and exit non-zero, w
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
+import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from finetune_assets.settings import ConfigError, Settings, load_settings
+from finetune_assets.deploy import DEFAULT_STATE_SIZE, render
+from finetune_assets.deploy import PARTS as K8S_PARTS
+from finetune_assets.settings import ConfigError, Settings, config_path, load_settings
 
 if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
     from finetune_assets.resources.store import PlatformStore
+    from finetune_assets.resources.tracking import TrackingResource
 
 DESCRIPTION = """\
 finetune-assets turns engagement data into better models every week, safely: it collects the posts that
@@ -83,6 +93,85 @@ def cmd_posts(args: argparse.Namespace) -> int:
     return 0
 
 
+class CliError(RuntimeError):
+    """A user-facing problem (no Dagster instance, unknown model): printed as one line, exit 1."""
+
+
+@contextmanager
+def _dagster_instance() -> Iterator[tuple[DagsterInstance, str]]:
+    """The instance `make demo` / `make dev` use: $DAGSTER_HOME, else ./.dagster_home. Never created here."""
+    import dagster as dg
+
+    home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
+    if not home.is_dir():
+        source = "DAGSTER_HOME" if os.environ.get("DAGSTER_HOME") else "the default ./.dagster_home"
+        raise CliError(
+            f"no Dagster instance at {home} ({source}): run `make demo` first, or set DAGSTER_HOME to the "
+            "instance `make dev` serves"
+        )
+    dagster_log = logging.getLogger("dagster")
+    level = dagster_log.level
+    dagster_log.setLevel(logging.ERROR)  # no "no dagster.yaml, using defaults" warning: defaults are what we want
+    try:
+        instance = dg.DagsterInstance.from_config(str(home))
+    finally:
+        dagster_log.setLevel(level)
+    with instance:
+        yield instance, str(home)
+
+
+def _tracking(settings: Settings) -> TrackingResource:
+    from finetune_assets.resources.tracking import TrackingResource
+
+    return TrackingResource(
+        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or None,
+        experiment_name=settings.tracking.experiment_name,
+        registered_model_name=settings.tracking.registered_model_name,
+        state_dir=str(settings.resolved_state_dir()),
+    )
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from finetune_assets.lineage import format_lineage, gather_lineage
+
+    settings = _settings(args)
+    with _dagster_instance() as (instance, where):
+        lineage = gather_lineage(
+            args.model,
+            settings=settings,
+            store=_store(settings),
+            tracking=_tracking(settings),
+            instance=instance,
+            instance_location=where,
+        )
+    print(json.dumps(lineage, indent=2) if args.json else format_lineage(lineage))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from finetune_assets.status import format_status, gather_status
+
+    settings = _settings(args)
+    with _dagster_instance() as (instance, where):
+        status = gather_status(
+            settings=settings, store=_store(settings), instance=instance, now=datetime.now(UTC), instance_location=where
+        )
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def cmd_k8s_render(args: argparse.Namespace) -> int:
+    manifests = render(
+        args.parts or K8S_PARTS,
+        config_path=Path(args.config) if args.config else config_path(),
+        namespace=args.namespace,
+        state_size=args.state_size,
+        storage_class=args.storage_class,
+    )
+    print(manifests, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finetune-assets", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -115,6 +204,60 @@ def build_parser() -> argparse.ArgumentParser:
     posts.add_argument("dataset_id", help="a dataset id, e.g. from training_data's metadata")
     posts.add_argument("--role", choices=["train", "holdout", "rejected"], help="only this role")
     posts.set_defaults(func=cmd_posts)
+
+    lineage = commands.add_parser(
+        "lineage",
+        help="a model's chain back to its posts: registry, A/B decision, evaluation, fine-tune, training data",
+        description="Print the lineage of the model in production, or of MODEL: its MLflow registry version and "
+        "aliases, the A/B decision and lift, the evaluation scores, the fine-tune job, the training partition, the "
+        "dataset hash, how many posts it trained on and how to list them. Each step names the Dagster run that "
+        "materialized it (instance: $DAGSTER_HOME, default ./.dagster_home).",
+    )
+    lineage.add_argument(
+        "model",
+        nargs="?",
+        help="a fine-tuned model id, a registry version (3 or v3) or alias (champion); "
+        "default: the model in production",
+    )
+    lineage.add_argument("--json", action="store_true", help="print JSON for machines")
+    lineage.set_defaults(func=cmd_lineage)
+
+    status = commands.add_parser(
+        "status",
+        help="what is going on now: runs, the experiment and its hours left, last training, waiting examples, "
+        "next schedule tick",
+        description="Runs in progress, the running experiment and its hours left, the last training, the qualifying "
+        "examples that wait, the model in production, the next tick of weekly_finetune_schedule and whether the "
+        "schedule and sensors are on (instance: $DAGSTER_HOME, default ./.dagster_home).",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON for machines")
+    status.set_defaults(func=cmd_status)
+
+    k8s = commands.add_parser("k8s", help="Kubernetes deployment helpers (README: Deploy to Kubernetes)")
+    k8s_commands = k8s.add_subparsers(dest="k8s_command", required=True, metavar="COMMAND")
+    render_parser = k8s_commands.add_parser(
+        "render",
+        help="print the manifests to apply next to the Dagster Helm chart",
+        description="Print, as one YAML stream for `kubectl apply -f -`, what the Helm chart does not create: the "
+        "pipeline config ConfigMap (from --config / $FINETUNE_CONFIG, validated first), the shared state volume, "
+        "the PrometheusRule and the Grafana dashboard ConfigMap (from deploy/). Secrets are never rendered.",
+    )
+    render_parser.add_argument(
+        "parts", nargs="*", type=_k8s_part, metavar="PART", help=f"only these: {', '.join(K8S_PARTS)} (default all)"
+    )
+    render_parser.add_argument(
+        "--namespace", type=_dns_label, help="set metadata.namespace (default: leave it to kubectl -n)"
+    )
+    render_parser.add_argument(
+        "--state-size",
+        type=_storage_quantity,
+        default=DEFAULT_STATE_SIZE,
+        help=f"size of the state volume (default {DEFAULT_STATE_SIZE})",
+    )
+    render_parser.add_argument(
+        "--storage-class", type=_dns_subdomain, help="a ReadWriteMany storage class for the state volume"
+    )
+    render_parser.set_defaults(func=cmd_k8s_render)
     return parser
 
 
@@ -128,6 +271,42 @@ def _positive(value: str) -> int:
     return number
 
 
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _k8s_part(value: str) -> str:
+    if value not in K8S_PARTS:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected one of {', '.join(K8S_PARTS)}")
+    return value
+
+
+def _dns_label(value: str) -> str:
+    if not _DNS_LABEL.match(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)"
+        )
+    return value
+
+
+def _dns_subdomain(value: str) -> str:
+    if not _DNS_SUBDOMAIN.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a Kubernetes object name such as efs-sc")
+    return value
+
+
+def _storage_quantity(value: str) -> str:
+    from kubernetes.utils.quantity import parse_quantity
+
+    try:
+        size = parse_quantity(value)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a positive Kubernetes quantity such as 50Gi")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.monotonic()
@@ -138,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:
         from finetune_assets.demo import DemoError
+        from finetune_assets.lineage import LineageError
 
-        if isinstance(exc, DemoError):
+        if isinstance(exc, DemoError | CliError | LineageError):
             print(f"finetune-assets: {exc}", file=sys.stderr)
             return 1
         raise

@@ -1,7 +1,8 @@
 """The code location: one `Definitions` object, `defs`.
 
 Resources are chosen from the environment: `DATABASE_URL` and `MLFLOW_TRACKING_URI` (read at run time through
-`dg.EnvVar`, never copied into config) switch the embedded SQLite defaults to production services.
+`dg.EnvVar`, never copied into config) switch the embedded SQLite defaults to production services, and
+`FINETUNE_EXECUTOR=k8s` runs each step in its own Kubernetes Job (finetune_assets/k8s.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dagster as dg
 
 from finetune_assets.assets import ALL_ASSETS
 from finetune_assets.jobs import ab_test_decision_job, finetune_cycle_job
+from finetune_assets.k8s import select_executor
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.store import StoreResource
@@ -48,4 +50,5 @@ defs = dg.Definitions(
     schedules=[weekly_finetune_schedule],
     sensors=[training_data_sensor, ab_test_sensor, finetune_run_failure_sensor],
     resources=build_resources(get_settings()),
+    executor=select_executor(),
 )

@@ -20,6 +20,7 @@ import numpy as np
 
 from finetune_assets.experiments.assignment import assign_variant
 from finetune_assets.finetuning.base import FineTuningBackend
+from finetune_assets.progress import Counter, to_terminal
 from finetune_assets.resources.store import PlatformStore, StoreResource
 from finetune_assets.settings import Settings
 from finetune_assets.simulation import (
@@ -35,7 +36,8 @@ from finetune_assets.simulation import (
 Progress = Callable[[str], None]
 GENERATION_BATCH = 64
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-"""The demo prints its own progress; the full event log stays in the instance (and the UI)."""
+"""The demo prints its own progress (and the steps' progress lines, `finetune_assets.progress`); the full event
+log stays in the instance (and the UI)."""
 DEMO_WORLD = DemoWorldConfig(seed=7, n_users=1000, n_posts=3000, history_days=21, bad_row_fraction=0.02)
 
 
@@ -93,8 +95,9 @@ def simulate_ab_traffic(
     planned = plan_traffic(users, start=experiment["started_at"], hours=hours, assign=assign, rng=rng)
     models = {"control": experiment["control_model"], "treatment": experiment["treatment_model"]}
     completions: list[str] = [""] * len(planned)
-    started = time.monotonic()
-    done = 0
+    counter = Counter(len(planned))
+    report_every = max(GENERATION_BATCH, len(planned) // 10)
+    reported = 0
     for variant, model_id in models.items():
         model = backend.load(model_id)
         indices = [i for i, post in enumerate(planned) if post.variant == variant]
@@ -107,10 +110,10 @@ def simulate_ab_traffic(
             )
             for i, text in zip(batch, texts, strict=True):
                 completions[i] = text
-            done += len(batch)
-            elapsed = time.monotonic() - started
-            eta = elapsed / done * (len(planned) - done)
-            progress(f"  simulated traffic: {done}/{len(planned)} posts written ({elapsed:.0f} s, ETA {eta:.0f} s)")
+            line = counter.advance(len(batch), "posts written")
+            if counter.done - reported >= report_every or counter.done == counter.total:
+                reported = counter.done
+                progress(f"    simulated traffic: {line}")
     rows = score_traffic(
         planned,
         completions,
@@ -237,9 +240,10 @@ def run_demo(settings: Settings, *, progress: Progress) -> int:
     instance = dg.DagsterInstance.get()
     progress(f"2/4 cycle {partition}: training_data → fine_tuned_model → evaluation_scores → ab_test")
     started = time.monotonic()
-    result = defs.resolve_job_def("finetune_cycle_job").execute_in_process(
-        instance=instance, partition_key=partition, raise_on_error=False, run_config=QUIET_RUN_CONFIG
-    )
+    with to_terminal():  # training, evaluation and base-model progress lines; the rest of the log stays quiet
+        result = defs.resolve_job_def("finetune_cycle_job").execute_in_process(
+            instance=instance, partition_key=partition, raise_on_error=False, run_config=QUIET_RUN_CONFIG
+        )
     timings.append(StepTiming("train+evaluate", time.monotonic() - started))
     if not result.success:
         progress(format_summary(store, settings, partition, timings))

@@ -8,6 +8,7 @@ import urllib.request
 import dagster as dg
 
 from finetune_assets.jobs import ab_test_decision_job, finetune_cycle_job
+from finetune_assets.observability import report_qualifying, report_run_failure, report_run_request
 from finetune_assets.partitions import current_cycle, weekly_cycle_partitions
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource
@@ -30,6 +31,7 @@ def training_data_sensor(
     settings = pipeline.get()
     db = store.get()
     waiting, newest = db.count_qualifying(settings.min_impressions, settings.engagement_threshold)
+    report_qualifying(waiting, warn=context.log.warning)
     running = db.running_experiment()
     if running is not None:
         return dg.SkipReason(
@@ -46,6 +48,7 @@ def training_data_sensor(
     partition = current_cycle(weekly_cycle_partitions, clock.now())
     if partition is None:
         return dg.SkipReason("no training cycle has started yet (before partitions_start_date)")
+    report_run_request("training_data_sensor", warn=context.log.warning)
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
@@ -80,6 +83,7 @@ def ab_test_sensor(
         waiting = db.waiting_candidate()
         if waiting is None:
             return dg.SkipReason("no experiment is running and no evaluated candidate waits for one")
+        report_run_request("ab_test_sensor", warn=context.log.warning)
         return dg.RunRequest(
             run_key=f"start-{waiting['evaluation_id']}",
             job_name=finetune_cycle_job.name,
@@ -94,6 +98,7 @@ def ab_test_sensor(
             f"experiment {experiment['experiment_id']} has {hours:.1f} h left "
             f"(ends {experiment['ends_at']:%Y-%m-%d %H:%M} UTC)"
         )
+    report_run_request("ab_test_sensor", warn=context.log.warning)
     return dg.RunRequest(
         run_key=experiment["experiment_id"],
         job_name=ab_test_decision_job.name,
@@ -126,6 +131,7 @@ def finetune_run_failure_sensor(context: dg.RunFailureSensorContext) -> None:
         "message": message,
     }
     context.log.error(f"finetune run failed: {summary}")
+    report_run_failure(run.job_name, warn=context.log.warning)
     url = os.environ.get(ALERT_WEBHOOK_ENV)
     if url:
         try:

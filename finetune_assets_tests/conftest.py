@@ -69,3 +69,20 @@ def resources_for(config_path: Path, state_dir: Path, now: datetime | None = Non
 def instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as inst:
         yield inst
+
+
+@pytest.fixture(scope="session")
+def demo_base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo base model, pretrained once per test session (demo_world.build_base_model, ~25 s on 2 cores)."""
+    from finetune_assets_tests.demo_world import build_base_model
+
+    return build_base_model(tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(scope="session")
+def demo_instance(tmp_path_factory: pytest.TempPathFactory, demo_base_model: Path):  # -> DemoInstance
+    """One whole demo cycle materialized into an on-disk Dagster instance, shared read-only by the tests that
+    look at it as a person does (CLI verbs, browser). A test that changes it works on `copy_to(...)`."""
+    from finetune_assets_tests.demo_world import materialize_demo_world
+
+    return materialize_demo_world(tmp_path_factory.mktemp("demo"), demo_base_model)

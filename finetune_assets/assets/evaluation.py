@@ -7,7 +7,10 @@ from finetune_assets.evaluation.predictor import SCORER_VERSION, fit_predictor
 from finetune_assets.evaluation.scoring import comparison_table, score_model
 from finetune_assets.finetuning import make_backend
 from finetune_assets.k8s import k8s_resources
+from finetune_assets.observability import report_evaluation
 from finetune_assets.partitions import cycle_asset
+from finetune_assets.progress import reporter
+from finetune_assets.reporting import evaluation_plot, image_markdown
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.store import StoreResource
 from finetune_assets.resources.tracking import TrackingResource
@@ -43,7 +46,10 @@ def evaluation_scores(
         "max_new_tokens": settings.evaluation.max_new_tokens,
         "seed": settings.evaluation.generation_seed,
     }
+    say = reporter(context.log.info)
+    say(f"evaluation 1/2: candidate {model['model_id']} on {len(holdout)} held-out prompts")
     candidate = score_model(backend.load(model["model_id"]), holdout, predictor, **options)
+    say(f"evaluation 2/2: champion {champion_id} on {len(holdout)} held-out prompts")
     champion = score_model(backend.load(champion_id), holdout, predictor, **options)
     scores = {"candidate": candidate.as_dict(), "champion": champion.as_dict()}
     check = candidate_not_worse(scores, settings.evaluation.max_relative_regression)
@@ -54,6 +60,7 @@ def evaluation_scores(
         passed=check.passed,
         scores={**scores, "n_holdout": len(holdout), "scorer_version": SCORER_VERSION},
     )
+    report_evaluation(scores, passed=check.passed, warn=context.log.warning)
     with tracking.run(context, step="evaluation_scores") as mlflow_run:
         mlflow_run.log_metrics({f"{who}_{k}": v for who, row in scores.items() for k, v in row.items()})
     reference = predictor.mean([e.completion for e in holdout])
@@ -67,6 +74,14 @@ def evaluation_scores(
             "candidate_predicted_engagement": candidate.predicted_engagement,
             "champion_predicted_engagement": champion.predicted_engagement,
             "comparison": dg.MetadataValue.md(comparison_table(candidate, champion, reference)),
+            "evaluation_plot": dg.MetadataValue.md(
+                image_markdown(
+                    evaluation_plot(scores, reference_engagement=reference),
+                    "candidate vs champion",
+                    f"On {len(holdout)} held-out prompts; the dashed line is the predicted engagement of the real "
+                    "held-out posts.",
+                )
+            ),
             "candidate_samples": dg.MetadataValue.json(list(candidate.samples)),
             "champion_samples": dg.MetadataValue.json(list(champion.samples)),
             "scorer_version": SCORER_VERSION,

@@ -5,18 +5,22 @@ when the clock passes the window's end (a pod never sleeps for 168 hours).
 """
 
 import secrets
-from datetime import timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
 
 import dagster as dg
 
 from finetune_assets.checks import AB_TEST_OUTCOME_CHECKS, enough_data, no_sample_ratio_mismatch
 from finetune_assets.experiments.statistics import ArmSums, decide, relative_lift, srm_p_value
+from finetune_assets.experiments.timeline import daily_cutoffs, lift_timeline
 from finetune_assets.k8s import k8s_resources
+from finetune_assets.observability import report_ab_outcome
 from finetune_assets.partitions import cycle_asset
-from finetune_assets.reporting import table
+from finetune_assets.reporting import image_markdown, lift_over_time_plot, table
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource
-from finetune_assets.resources.store import ArmTotals, ExperimentAlreadyRunning, StoreResource
+from finetune_assets.resources.store import ArmTotals, ExperimentAlreadyRunning, PlatformStore, StoreResource
 
 ARMS = ("control", "treatment")
 
@@ -89,6 +93,25 @@ def arm_sums(totals: ArmTotals | None) -> ArmSums:
     )
 
 
+def lift_over_time_markdown(db: PlatformStore, experiment: Mapping[str, Any], alpha: float) -> str:
+    """The cumulative lift after each day of the window (per-user sums in SQL, one query per day), as a plot."""
+
+    def sums_until(cutoff: datetime) -> tuple[ArmSums, ArmSums]:
+        totals = db.arm_totals(experiment["experiment_id"], until=cutoff)
+        return arm_sums(totals.get("control")), arm_sums(totals.get("treatment"))
+
+    started, ends = experiment["started_at"], experiment["ends_at"]
+    points = lift_timeline(started, daily_cutoffs(started, ends), sums_until, alpha=alpha)
+    duration = (ends - started).total_seconds() / 3600
+    png = lift_over_time_plot(points, confidence=1 - alpha, duration_hours=duration)
+    return image_markdown(
+        png,
+        "A/B lift over time",
+        f"Cumulative relative lift of the treatment's engagement rate over control after each day, with its "
+        f"{1 - alpha:.0%} delta-method interval. The decision reads the test once, at the end of the window.",
+    )
+
+
 @cycle_asset(
     deps=[ab_test],
     check_specs=AB_TEST_OUTCOME_CHECKS,
@@ -150,6 +173,14 @@ def ab_test_outcome(
         reason=decision.reason,
         details=details,
     )
+    report_ab_outcome(
+        users=users,
+        rates={arm: sums.rate for arm, sums in (("control", control), ("treatment", treatment)) if sums.n},
+        lift=(lift.lift, lift.ci_low, lift.ci_high) if lift else None,
+        srm_p_value=srm_p,
+        code=decision.code,
+        warn=context.log.warning,
+    )
     rows = [
         (
             arm,
@@ -174,6 +205,7 @@ def ab_test_outcome(
         "window_start": dg.MetadataValue.timestamp(experiment["started_at"]),
         "window_end": dg.MetadataValue.timestamp(experiment["ends_at"]),
         "traffic_source": str(experiment["details"].get("traffic_source", "live traffic")),
+        "lift_plot": dg.MetadataValue.md(lift_over_time_markdown(db, experiment, settings.experiment.alpha)),
     }
     if lift is not None:
         metadata.update(

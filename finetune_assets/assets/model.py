@@ -12,8 +12,10 @@ from finetune_assets.finetuning import make_backend
 from finetune_assets.finetuning.base import TERMINAL_STATUSES, FineTuningBackend, TrainingSpec
 from finetune_assets.finetuning.dataset import parse_prompt
 from finetune_assets.k8s import k8s_resources
+from finetune_assets.observability import report_fine_tune
 from finetune_assets.partitions import cycle_asset
-from finetune_assets.reporting import curve
+from finetune_assets.progress import Say, format_duration, reporter
+from finetune_assets.reporting import curve, image_markdown, loss_curves_plot
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.store import PlatformStore, StoreResource
 from finetune_assets.resources.tracking import TrackingResource
@@ -58,20 +60,30 @@ def ensure_base_model(settings: Settings, db: PlatformStore, log: dg.DagsterLogM
         texts,
         settings.resolved_state_dir() / "base_models" / DEMO_BASE_MODEL,
         seed=settings.training.seed,
-        progress=log.info,
+        progress=reporter(log.info),
     )
     return f"{DEMO_BASE_MODEL}@{hashlib.sha256((built / MARKER_FILE).read_bytes()).hexdigest()[:16]}"
 
 
-def wait_for(backend: FineTuningBackend, job_id: str, log: dg.DagsterLogManager, deadline_s: float) -> None:
+def wait_for(
+    backend: FineTuningBackend, job_id: str, say: Say, deadline_s: float, poll_seconds: float = POLL_SECONDS
+) -> None:
+    """Poll a remote job until it ends, saying each time how long it has run and how long the deadline leaves."""
     started = time.monotonic()
     state = backend.poll(job_id)
+    polls = 1
     while state.status not in TERMINAL_STATUSES:
-        if time.monotonic() - started > deadline_s:
+        elapsed = time.monotonic() - started
+        if elapsed > deadline_s:
             raise dg.Failure(f"fine-tuning job {job_id} still {state.status} after {deadline_s:.0f} s")
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll_seconds)
         state = backend.poll(job_id)
-        log.info(f"job {job_id}: {state.status}")
+        polls += 1
+        elapsed = time.monotonic() - started
+        say(
+            f"job {job_id}: {state.status} after {format_duration(elapsed)} (poll {polls}, every "
+            f"{format_duration(poll_seconds)}; gives up in {format_duration(deadline_s - elapsed)})"
+        )
 
 
 @cycle_asset(
@@ -112,8 +124,9 @@ def fine_tuned_model(
         metadata={"partition": context.partition_key, "dataset_hash": dataset["dataset_hash"]},
     )
     with tracking.run(context, step="fine_tuned_model") as mlflow_run:
-        state = backend.start(spec, progress=context.log.info)
-        wait_for(backend, state.job_id, context.log, deadline_s=24 * 3600)
+        say = reporter(context.log.info)
+        state = backend.start(spec, progress=say)
+        wait_for(backend, state.job_id, say, deadline_s=24 * 3600)
         result = backend.result(state.job_id)
         mlflow_run.log_params(
             {
@@ -150,6 +163,12 @@ def fine_tuned_model(
             "error": result.error,
         },
     )
+    report_fine_tune(
+        status=result.status,
+        trained_tokens=result.trained_tokens,
+        cost_usd=result.metrics.get("cost_usd", 0.0),
+        warn=context.log.warning,
+    )
     final_loss = result.losses[-1][1] if result.losses else float("nan")
     return dg.MaterializeResult(
         metadata={
@@ -165,6 +184,9 @@ def fine_tuned_model(
             "final_train_loss": final_loss,
             "validation_loss": result.validation_losses[-1][1] if result.validation_losses else float("nan"),
             "loss_curve": dg.MetadataValue.md(curve(result.losses)),
+            "loss_plot": dg.MetadataValue.md(
+                image_markdown(loss_curves_plot(result.losses, result.validation_losses), "loss curves")
+            ),
             "mlflow_run_id": mlflow_run_id,
         },
         check_results=fine_tune_results(result),

@@ -6,10 +6,14 @@ from finetune_assets.checks import TRAINING_DATA_CHECKS, training_data_results
 from finetune_assets.finetuning.base import dataset_hash
 from finetune_assets.finetuning.dataset import Limits, select_examples
 from finetune_assets.k8s import k8s_resources
+from finetune_assets.observability import report_dataset
 from finetune_assets.partitions import cycle_asset
-from finetune_assets.reporting import counts_table, histogram
+from finetune_assets.reporting import counts_table, engagement_histogram_plot, histogram, image_markdown
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.store import StoreResource
+
+RATE_BINS_PER_UNIT = 200
+"""Engagement-rate histogram bins of width 0.005."""
 
 generated_posts = dg.AssetSpec(
     "generated_posts",
@@ -48,6 +52,7 @@ def training_data(
     with db.engine.begin() as conn:
         superseded = db.release_partition(conn, partition)
         pool = db.pool_counts(settings.min_impressions, settings.engagement_threshold, conn)
+        rate_bins = db.engagement_rate_bins(settings.min_impressions, RATE_BINS_PER_UNIT, conn)
         known = db.trained_content_hashes(conn)
         selection = select_examples(
             db.iter_candidate_posts(conn, settings.min_impressions, settings.engagement_threshold),
@@ -78,6 +83,12 @@ def training_data(
         f"{len(selection.rejected)} rejected {selection.rejected_by_reason}; dataset {dataset_id} "
         f"{'validated' if passed else 'rejected by its checks'}"
     )
+    report_dataset(
+        train=len(selection.train),
+        holdout=len(selection.holdout),
+        rejected=len(selection.rejected),
+        warn=context.log.warning,
+    )
     return dg.MaterializeResult(
         metadata={
             "dataset_id": dataset_id,
@@ -96,6 +107,18 @@ def training_data(
             "engagement_threshold": settings.engagement_threshold,
             "min_impressions": settings.min_impressions,
             "engagement_rate_distribution": dg.MetadataValue.md(histogram(rates, marker=settings.engagement_threshold)),
+            "engagement_rate_plot": dg.MetadataValue.md(
+                image_markdown(
+                    engagement_histogram_plot(
+                        rate_bins,
+                        bins_per_unit=RATE_BINS_PER_UNIT,
+                        threshold=settings.engagement_threshold,
+                        min_impressions=settings.min_impressions,
+                    ),
+                    "engagement rate histogram",
+                    "Engagement rates of the posts no cycle had used yet (before this one took its examples).",
+                )
+            ),
             "list_posts": dg.MetadataValue.text(f"finetune-assets posts {dataset_id}"),
         },
         check_results=results,

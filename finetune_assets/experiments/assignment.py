@@ -13,6 +13,7 @@ where JS hashes UTF-16 code units.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -55,12 +56,40 @@ def hash_bucket(seed: str, value: str, version: int = 2) -> float | None:
     return None
 
 
+def _fnv_from(h: int, text: str) -> int:
+    """Continue FNV-1a from state ``h`` over ``text``'s code points (ASCII fast path: bytes are ints).
+
+    The hot loops spell FNV_PRIME and the 32-bit mask as literals: ~10 % faster than global lookups.
+    """
+    if text.isascii():
+        for code in text.encode("ascii"):
+            h = ((h ^ code) * 0x01000193) & 0xFFFFFFFF
+    else:
+        for ch in text:
+            h = ((h ^ ord(ch)) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
 def _bucket_v2(seed: str, value: str) -> float:
-    return fnv1a32(str(fnv1a32(seed + value))) % _V2_BUCKETS / _V2_BUCKETS
+    return _bucket_v2_from(_fnv_from(FNV_OFFSET_BASIS, seed), value)
+
+
+def _bucket_v2_from(seed_state: int, value: str) -> float:
+    """v2 bucket with the seed's FNV state precomputed (the seed is the common prefix of every id)."""
+    h = _fnv_from(seed_state, value)
+    h2 = 0x811C9DC5
+    for code in str(h).encode("ascii"):
+        h2 = ((h2 ^ code) * 0x01000193) & 0xFFFFFFFF
+    return h2 % 10_000 / 10_000
 
 
 def normalize_user_id(user_id: str | int) -> str:
     """The string that is hashed: ``str(user_id).strip()``, so ``42``, ``"42"`` and ``" 42 "`` agree."""
+    if type(user_id) is str:  # the hot path of assign_variant
+        text = user_id.strip()
+        if text:
+            return text
+        raise ValueError(f"user_id must not be empty, got {user_id!r}")
     if isinstance(user_id, bool) or not isinstance(user_id, str | int | np.integer):
         raise ValueError(f"user_id must be a str or int, got {type(user_id).__name__} {user_id!r}")
     text = str(user_id).strip()
@@ -95,13 +124,6 @@ def bucket_ranges(split: float, coverage: float) -> tuple[tuple[float, float], t
     return (0.0, coverage * w_control), (w_control, w_control + coverage * w_treatment)
 
 
-def _choose(bucket: float, ranges: tuple[tuple[float, float], tuple[float, float]]) -> int:
-    for code, (low, high) in enumerate(ranges):
-        if low <= bucket < high:
-            return code
-    return NOT_ENROLLED_CODE
-
-
 def assign_variant(user_id: str | int, salt: str, *, split: float = 0.5, coverage: float = 1.0) -> Variant | None:
     """The arm of ``user_id`` in the experiment phase ``salt`` (``"{experiment_id}:{phase}"``, §1).
 
@@ -110,13 +132,39 @@ def assign_variant(user_id: str | int, salt: str, *, split: float = 0.5, coverag
     logged as exposed). One hash decides both enrollment and arm, GrowthBook-style; the ranges make
     enrollment monotone in coverage, which is what the separate enrollment salt of §1 is for.
     """
-    _check_args(salt, split, coverage)
-    code = _choose(_bucket_v2(salt, normalize_user_id(user_id)), bucket_ranges(split, coverage))
-    if code == CONTROL_CODE:
+    try:
+        seed_state, c_low, c_high, t_low, t_high = _plan(salt, split, coverage)
+    except TypeError:  # unhashable arguments: let the validator name the bad one
+        _check_args(salt, split, coverage)
+        raise
+    # _bucket_v2_from(seed_state, normalize_user_id(user_id)), inlined: this is the per-request hot path.
+    text = user_id.strip() if type(user_id) is str else normalize_user_id(user_id)
+    if not text:
+        normalize_user_id(user_id)  # raises the ValueError
+    h = seed_state
+    if text.isascii():
+        for code in text.encode("ascii"):
+            h = ((h ^ code) * 0x01000193) & 0xFFFFFFFF
+    else:
+        for ch in text:
+            h = ((h ^ ord(ch)) * 0x01000193) & 0xFFFFFFFF
+    h2 = 0x811C9DC5
+    for code in str(h).encode("ascii"):
+        h2 = ((h2 ^ code) * 0x01000193) & 0xFFFFFFFF
+    bucket = h2 % 10_000 / 10_000
+    if c_low <= bucket < c_high:
         return "control"
-    if code == TREATMENT_CODE:
+    if t_low <= bucket < t_high:
         return "treatment"
     return None
+
+
+@lru_cache(maxsize=256)
+def _plan(salt: str, split: float, coverage: float) -> tuple[int, float, float, float, float]:
+    """Validated arguments → (FNV state after the salt, control range, treatment range); cached per phase."""
+    _check_args(salt, split, coverage)
+    (c_low, c_high), (t_low, t_high) = bucket_ranges(split, coverage)
+    return _fnv_from(FNV_OFFSET_BASIS, salt), c_low, c_high, t_low, t_high
 
 
 def _fnv_columns(h: npt.NDArray[np.uint64], codes: npt.NDArray[np.uint64], lengths: npt.NDArray[np.intp]) -> None:
@@ -131,25 +179,39 @@ def _fnv_columns(h: npt.NDArray[np.uint64], codes: npt.NDArray[np.uint64], lengt
             h[live] = ((h[live] ^ codes[live, j]) * prime) & mask
 
 
-def _digit_codes(values: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.intp]]:
-    """Code points of ``str(v)`` for 32-bit ``v`` (≤ 10 digits, most significant first) and lengths."""
+def _digit_codes(
+    values: npt.NDArray[np.uint64], max_digits: int = 10
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.intp]]:
+    """Code points of ``str(v)`` (most significant digit first) and lengths, for ``v`` < 10**max_digits
+    (10 digits cover the 32-bit hashes, 20 any uint64 id)."""
     n_digits = np.ones(values.shape, dtype=np.intp)
-    for power in range(1, 10):
+    for power in range(1, max_digits):
         n_digits += values >= np.uint64(10**power)
-    codes = np.zeros((values.size, 10), dtype=np.uint64)
-    for j in range(10):
+    width = int(n_digits.max(initial=1))
+    codes = np.zeros((values.size, width), dtype=np.uint64)
+    for j in range(width):
         # Digit j (0 = leftmost) of a number with k digits is floor(v / 10**(k-1-j)) % 10, for j < k.
         exponent = np.clip(n_digits - 1 - j, 0, None).astype(np.uint64)
         codes[:, j] = (values // (np.uint64(10) ** exponent)) % np.uint64(10) + np.uint64(ord("0"))
     return codes, n_digits
 
 
+def _seed_state(seed: str) -> np.uint64:
+    return np.uint64(_fnv_from(FNV_OFFSET_BASIS, seed))  # the seed prefix is shared by every id: hash it once
+
+
+def _second_pass(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.float64]:
+    """v2's re-hash of the decimal string of the first hash, then the 10,000-bucket fraction."""
+    digits, n_digits = _digit_codes(h)
+    h2 = np.full(h.size, np.uint64(FNV_OFFSET_BASIS), dtype=np.uint64)
+    _fnv_columns(h2, digits, n_digits)
+    return (h2 % np.uint64(_V2_BUCKETS)).astype(np.float64) / _V2_BUCKETS
+
+
 def hash_buckets(seed: str, values: Sequence[str]) -> npt.NDArray[np.float64]:
     """Vectorized v2 :func:`hash_bucket` for already-normalized string ``values`` (bit-identical)."""
     out = np.empty(len(values), dtype=np.float64)
-    seed_state = np.uint64(FNV_OFFSET_BASIS)
-    for ch in seed:  # the seed prefix is shared by every id: hash it once
-        seed_state = np.uint64(((int(seed_state) ^ ord(ch)) * FNV_PRIME) & _MASK32)
+    seed_state = _seed_state(seed)
     for start in range(0, len(values), _CHUNK):
         chunk = list(values[start : start + _CHUNK])
         lengths = np.fromiter(map(len, chunk), dtype=np.intp, count=len(chunk))
@@ -157,23 +219,65 @@ def hash_buckets(seed: str, values: Sequence[str]) -> npt.NDArray[np.float64]:
         codes = np.array(chunk, dtype=f"<U{width}").view(np.uint32).reshape(len(chunk), width)
         h = np.full(len(chunk), seed_state, dtype=np.uint64)
         _fnv_columns(h, codes.astype(np.uint64), lengths)
-        digits, n_digits = _digit_codes(h)
-        h2 = np.full(len(chunk), np.uint64(FNV_OFFSET_BASIS), dtype=np.uint64)
-        _fnv_columns(h2, digits, n_digits)
-        out[start : start + len(chunk)] = (h2 % np.uint64(_V2_BUCKETS)).astype(np.float64) / _V2_BUCKETS
+        out[start : start + len(chunk)] = _second_pass(h)
     return out
 
 
+def _integer_buckets(seed: str, ids: npt.NDArray[np.uint64]) -> npt.NDArray[np.float64]:
+    """v2 buckets of non-negative integer ids hashed as their decimal strings, without building strings."""
+    out = np.empty(ids.size, dtype=np.float64)
+    seed_state = _seed_state(seed)
+    for start in range(0, ids.size, 4 * _CHUNK):
+        chunk = ids[start : start + 4 * _CHUNK]
+        codes, lengths = _digit_codes(chunk, max_digits=20)
+        h = np.full(chunk.size, seed_state, dtype=np.uint64)
+        _fnv_columns(h, codes, lengths)
+        out[start : start + chunk.size] = _second_pass(h)
+    return out
+
+
+def _as_integer_ids(user_ids: Sequence[str | int] | npt.NDArray[np.integer]) -> npt.NDArray[np.uint64] | None:
+    """Non-negative integer ids as uint64 (the fast path of :func:`assign_many`), else None.
+
+    Only exact ints (a list of Python ``int``, a ``range`` or an integer array): a bool, a string or a
+    negative id takes the general path, which normalizes (or rejects) each id like the scalar path.
+    """
+    if isinstance(user_ids, np.ndarray):
+        arr = user_ids
+    elif isinstance(user_ids, range) or (
+        isinstance(user_ids, list | tuple) and user_ids and set(map(type, user_ids)) == {int}
+    ):
+        try:
+            arr = np.asarray(user_ids)
+        except OverflowError:
+            return None
+    else:
+        return None
+    if arr.ndim != 1 or arr.dtype.kind not in "iu" or (arr.size and arr.min() < 0):
+        return None
+    return arr.astype(np.uint64, copy=False)
+
+
 def assign_many(
-    user_ids: Sequence[str | int], salt: str, *, split: float = 0.5, coverage: float = 1.0
+    user_ids: Sequence[str | int] | npt.NDArray[np.integer],
+    salt: str,
+    *,
+    split: float = 0.5,
+    coverage: float = 1.0,
 ) -> npt.NDArray[np.int8]:
     """:func:`assign_variant` for many users: 0 = control, 1 = treatment, -1 = not enrolled.
 
     Same hash and the same float range comparisons as the scalar path, so results are identical
     (asserted in the tests); numpy does the FNV arithmetic column by column over the code points.
+    Non-negative integer ids (an int array, a ``range``, a list of ints) skip building strings: their
+    decimal digits are computed in numpy (≈ 1M ids in well under a second).
     """
     _check_args(salt, split, coverage)
-    buckets = hash_buckets(salt, [normalize_user_id(u) for u in user_ids])
+    integer_ids = _as_integer_ids(user_ids)
+    if integer_ids is not None:
+        buckets = _integer_buckets(salt, integer_ids)
+    else:
+        buckets = hash_buckets(salt, [normalize_user_id(u) for u in user_ids])
     (c_low, c_high), (t_low, t_high) = bucket_ranges(split, coverage)
     out = np.full(buckets.shape, NOT_ENROLLED_CODE, dtype=np.int8)
     out[(buckets >= c_low) & (buckets < c_high)] = CONTROL_CODE

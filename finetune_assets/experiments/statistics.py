@@ -18,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
+from finetune_assets.experiments.sequential import cs_half_width, sequential_rho
+
 SRM_THRESHOLD = 0.001
 """χ² p below this means sample ratio mismatch (GrowthBook/Eppo/Statsig default, §5)."""
 SRM_MIN_COUNT_PER_ARM = 8
@@ -77,6 +79,18 @@ class ArmSums:
             raise ValueError(f"rate is undefined without impressions (sum_d={self.sum_d})")
         return self.sum_m / self.sum_d
 
+    def as_array(self) -> npt.NDArray[np.float64]:
+        """(n, ΣM, ΣD, ΣM², ΣD², ΣMD): the column order of :func:`relative_lift_arrays`."""
+        return np.array([self.n, self.sum_m, self.sum_d, self.sum_m2, self.sum_d2, self.sum_md], dtype=np.float64)
+
+    def engagements_per_user(self) -> MeanSums:
+        """Per-user engagements M as a mean metric (a guardrail), from the same sums."""
+        return MeanSums(self.n, self.sum_m, self.sum_m2)
+
+    def impressions_per_user(self) -> MeanSums:
+        """Per-user impressions D as a mean metric (a guardrail: the candidate must not shrink reach)."""
+        return MeanSums(self.n, self.sum_d, self.sum_d2)
+
     def ratio_variance(self) -> float:
         """Delta-method Var(R̂) = [σ²_M − 2R·σ_MD + R²·σ²_D] / (n·μ_D²) (§2, GrowthBook eq. 12)."""
         if self.n < 2:
@@ -89,6 +103,82 @@ class ArmSums:
         mean_d = self.sum_d / n
         # Clamp rounding noise: the quadratic form is a variance, hence >= 0 in exact arithmetic.
         return max(0.0, (var_m - 2.0 * r * cov_md + r * r * var_d) / (n * mean_d * mean_d))
+
+
+@dataclass(frozen=True)
+class MeanSums:
+    """Sufficient statistics of a per-user metric x over an arm's n users: n, Σx, Σx².
+
+    What a guardrail needs (impressions/user, posts/user, engagements/user): SQL sums the per-user
+    values and their squares per arm, like :class:`ArmSums` does for the ratio metric.
+    """
+
+    n: int
+    total: float
+    sum_squares: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, int | np.integer) or self.n < 0:
+            raise ValueError(f"n must be a non-negative int, got {self.n!r}")
+        for name in ("total", "sum_squares"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        if self.sum_squares < 0:
+            raise ValueError(f"sum_squares must be >= 0, got {self.sum_squares!r}")
+
+    @classmethod
+    def from_values(cls, values: npt.ArrayLike) -> MeanSums:
+        x = np.asarray(values, dtype=np.float64)
+        if x.ndim != 1:
+            raise ValueError(f"values must be 1-D, got shape {x.shape}")
+        return cls(int(x.size), float(x.sum()), float(x @ x))
+
+    @property
+    def mean(self) -> float:
+        if self.n < 1:
+            raise ValueError("mean is undefined without users (n=0)")
+        return self.total / self.n
+
+    @property
+    def variance(self) -> float:
+        """Sample (n − 1) variance, as gbstats' ``SampleMeanStatistic``."""
+        return mean_and_variance(self.total, self.sum_squares, self.n)[1]
+
+
+def relative_lift_arrays(
+    control: npt.ArrayLike, treatment: npt.ArrayLike
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Vectorized delta-method relative lift and its SE (same formulas as :func:`relative_lift`).
+
+    ``control``/``treatment`` hold the sums (n, ΣM, ΣD, ΣM², ΣD², ΣMD) on their last axis (any leading
+    shape, e.g. runs × hours; see :meth:`ArmSums.as_array`). Cells without a defined lift (n < 2, no
+    impressions, no control engagements) are NaN. Used by the Monte-Carlo validation of the hourly
+    monitor, and for dashboards over many looks.
+    """
+
+    def moments(s: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        n, sm, sd, sm2, sd2, smd = (s[..., i] for i in range(6))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = sm / sd
+            var_m = (sm2 - sm * sm / n) / (n - 1)
+            var_d = (sd2 - sd * sd / n) / (n - 1)
+            cov = (smd - sm * sd / n) / (n - 1)
+            mean_d = sd / n
+            var = np.maximum(0.0, (var_m - 2.0 * r * cov + r * r * var_d) / (n * mean_d * mean_d))
+        bad = (n < 2) | ~(sd > 0)
+        return np.where(bad, np.nan, r), np.where(bad, np.nan, var)
+
+    c = np.asarray(control, dtype=np.float64)
+    t = np.asarray(treatment, dtype=np.float64)
+    if c.shape[-1:] != (6,) or t.shape[-1:] != (6,):
+        raise ValueError(f"control and treatment need 6 sums on the last axis, got {c.shape} and {t.shape}")
+    r_c, v_c = moments(c)
+    r_t, v_t = moments(t)
+    r_c = np.where(r_c > 0, r_c, np.nan)
+    lift = r_t / r_c - 1.0
+    se = np.sqrt(v_t / r_c**2 + r_t**2 * v_c / r_c**4)
+    return lift, se
 
 
 @dataclass(frozen=True)
@@ -232,10 +322,9 @@ def confidence_sequence(
         raise ValueError(f"n_star must be > 0, got {n_star!r}")
     if not se >= 0.0:
         raise ValueError(f"se must be >= 0, got {se!r}")
-    log_term = -2.0 * math.log(alpha)
-    rho2 = (log_term + math.log(log_term + 1.0)) / n_star
+    rho2 = sequential_rho(alpha, n_star) ** 2
     big = n_total * rho2 + 1.0
-    half = se * math.sqrt(n_total) * math.sqrt(2.0 * big / (n_total**2 * rho2) * math.log(math.sqrt(big) / alpha))
+    half = cs_half_width(float(se), float(n_total), alpha=alpha, n_star=n_star)
     if se == 0.0:
         p = 1.0 if expected == theta0 else 0.0
     else:
@@ -246,6 +335,26 @@ def confidence_sequence(
 
 
 # --- SRM ------------------------------------------------------------------------------------------
+
+
+def srm_p_values(counts: npt.ArrayLike, weights: Sequence[float]) -> npt.NDArray[np.float64]:
+    """Vectorized :func:`srm_p_value`: ``counts`` has the arms on its last axis (e.g. runs × hours × k)."""
+    w = np.asarray(weights, dtype=np.float64)
+    x = np.asarray(counts, dtype=np.float64)
+    if x.shape[-1:] != w.shape or w.ndim != 1:
+        raise ValueError(f"counts and weights must have equal length, got {x.shape[-1:]} and {w.shape}")
+    keep = w > 0
+    x, w = x[..., keep], w[keep]
+    if np.any(x < 0):
+        raise ValueError("counts must be >= 0")
+    total = x.sum(axis=-1, keepdims=True)
+    if w.size < 2:
+        return np.ones(x.shape[:-1])
+    expected = total * (w / w.sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        statistic = np.where(expected > 0, (x - expected) ** 2 / expected, 0.0).sum(axis=-1)
+    p = special.chdtrc(w.size - 1, statistic)
+    return np.asarray(np.where(total[..., 0] > 0, p, 1.0), dtype=np.float64)
 
 
 def srm_p_value(counts: Sequence[int], weights: Sequence[float]) -> float:
@@ -440,6 +549,7 @@ __all__ = [
     "DecisionCode",
     "EffectEstimate",
     "LiftEstimate",
+    "MeanSums",
     "SrmResult",
     "SrmStatus",
     "check_srm",
@@ -448,8 +558,10 @@ __all__ = [
     "mean_and_variance",
     "proportion_variance",
     "relative_lift",
+    "relative_lift_arrays",
     "required_impressions_per_arm",
     "srm_p_value",
+    "srm_p_values",
     "welch_absolute",
     "welch_relative",
 ]

@@ -228,6 +228,10 @@ class PlatformStore:
                 total += len(chunk)
         return total
 
+    def has_posts_table(self) -> bool:
+        """False until the app (or the demo) has created its table in this database."""
+        return sa.inspect(self.engine).has_table(self.posts.name)
+
     def max_post_id(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.max(self.posts.c.post_id))).scalar() or 0)
@@ -280,6 +284,32 @@ class PlatformStore:
             qualifying=int(row[3] or 0),
             max_qualifying_post_id=int(row[4]) if row[4] is not None else None,
         )
+
+    def engagement_rate_bins(
+        self, min_impressions: int, bins_per_unit: int, conn: Connection | None = None
+    ) -> dict[int, int]:
+        """Histogram of the untaken organic posts' engagement rates, counted in SQL: bin `k` holds the rates in
+        [k / bins_per_unit, (k + 1) / bins_per_unit). Posts with too few impressions or inconsistent counts
+        are left out (their rate means nothing)."""
+        p = self.posts.c
+        # Integer division on both SQLite and Postgres (non-negative operands, so it truncates like floor).
+        bin_index = ((p.engagements * bins_per_unit) // p.impressions).label("bin")
+        query = (
+            sa.select(bin_index, sa.func.count())
+            .where(
+                self._unused_organic(),
+                p.impressions >= max(min_impressions, 1),
+                p.engagements >= 0,
+                p.engagements <= p.impressions,
+            )
+            .group_by(bin_index)
+        )
+        if conn is not None:
+            rows = conn.execute(query).all()
+        else:
+            with self.engine.connect() as own:
+                rows = own.execute(query).all()
+        return {int(k): int(n) for k, n in rows}
 
     def count_qualifying(self, min_impressions: int, engagement_threshold: float) -> tuple[int, int | None]:
         """Cheap sensor query: how many untaken qualifying posts wait, and the newest one's id."""
@@ -484,6 +514,24 @@ class PlatformStore:
         )
         return self._first(query)
 
+    def get_model(self, model_id: str) -> dict[str, Any] | None:
+        return self._first(sa.select(models).where(models.c.model_id == model_id))
+
+    def recent_models(self, limit: int = 5) -> list[dict[str, Any]]:
+        """The newest fine-tuned models of any cycle, newest first."""
+        query = sa.select(models).order_by(models.c.created_at.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(query).mappings()]
+
+    def evaluation_of(self, model_id: str) -> dict[str, Any] | None:
+        """The newest evaluation of `model_id` as the candidate."""
+        query = (
+            sa.select(evaluations)
+            .where(evaluations.c.candidate_model == model_id)
+            .order_by(evaluations.c.created_at.desc())
+        )
+        return self._first(query)
+
     def record_evaluation(
         self, *, partition_key: str, candidate: str, champion: str, passed: bool, scores: Mapping[str, Any]
     ) -> str:
@@ -586,10 +634,15 @@ class PlatformStore:
                 .values(details={**(current or {}), **details})
             )
 
-    def arm_totals(self, experiment_id: str) -> dict[str, ArmTotals]:
-        """Per-user sums, then per-arm sums of them, all in SQL: no impression row reaches Python."""
+    def arm_totals(self, experiment_id: str, until: datetime | None = None) -> dict[str, ArmTotals]:
+        """Per-user sums, then per-arm sums of them, all in SQL: no impression row reaches Python.
+
+        `until` (exclusive) restricts them to the posts created before it: the experiment as it stood then.
+        """
         p = self.posts.c
         valid = sa.and_(p.impressions >= 0, p.engagements >= 0, p.engagements <= p.impressions)
+        if until is not None:
+            valid = sa.and_(valid, p.created_at < until)
         per_user = (
             sa.select(
                 p.variant.label("variant"),
@@ -615,6 +668,19 @@ class PlatformStore:
                 row[0]: ArmTotals(row[0], int(row[1]), *(float(v or 0.0) for v in row[2:]))
                 for row in conn.execute(query)
             }
+
+    def experiment_of(self, model_id: str) -> dict[str, Any] | None:
+        """The newest experiment that served `model_id` as the treatment."""
+        query = (
+            sa.select(experiments)
+            .where(experiments.c.treatment_model == model_id)
+            .order_by(experiments.c.started_at.desc())
+        )
+        return self._first(query)
+
+    def promotion_of(self, experiment_id: str) -> dict[str, Any] | None:
+        """The routing decision recorded for an experiment (promoted or kept), if any."""
+        return self._first(sa.select(promotions).where(promotions.c.experiment_id == experiment_id))
 
     def experiment_posts_by_variant(self, experiment_id: str) -> dict[str, int]:
         p = self.posts.c

@@ -33,6 +33,21 @@ class RegisteredVersion:
     version: str
     model_id: str
     tags: dict[str, str]
+    aliases: tuple[str, ...] = ()
+    run_id: str | None = None
+    source: str | None = None
+
+
+def _registered(name: str, version: Any) -> RegisteredVersion:
+    return RegisteredVersion(
+        name,
+        str(version.version),
+        version.tags.get("model_id", ""),
+        dict(version.tags),
+        tuple(getattr(version, "aliases", None) or ()),
+        version.run_id or None,
+        version.source or None,
+    )
 
 
 def redact(uri: str) -> str:
@@ -120,6 +135,32 @@ class TrackingResource(dg.ConfigurableResource):
             version.tags.get("model_id", ""),
             dict(version.tags),
         )
+
+    def has_registry(self) -> bool:
+        """False when the embedded SQLite store does not exist yet (reading must not create it)."""
+        return bool(self.tracking_uri) or (Path(self.state_dir).resolve() / "mlflow.db").is_file()
+
+    def find_version(self, model_id: str) -> RegisteredVersion | None:
+        """The registry version registered for `model_id` (tag `model_id`), or None."""
+        client = _client(self.uri())
+        name = self.registered_model_name
+        found = client.search_model_versions(f"name='{name}' and tags.model_id='{model_id}'")
+        # search results may omit aliases: read the version itself
+        return self.get_version(str(found[0].version)) if found else None
+
+    def get_version(self, version: str) -> RegisteredVersion | None:
+        """Version `version` (a number as text) or alias (e.g. `champion`) of the registered model, or None."""
+        from mlflow.exceptions import MlflowException
+
+        client = _client(self.uri())
+        try:
+            if version.isdigit():
+                found = client.get_model_version(self.registered_model_name, version)
+            else:
+                found = client.get_model_version_by_alias(self.registered_model_name, version)
+        except MlflowException:
+            return None
+        return _registered(self.registered_model_name, found)
 
     def register(self, *, model_id: str, source: str, run_id: str | None, tags: Mapping[str, str]) -> RegisteredVersion:
         """Register `model_id` once: a retry finds the version it already created (tag `model_id`)."""

@@ -13,20 +13,16 @@ from finetune_assets.assets import fine_tuned_model
 from finetune_assets.definitions import defs
 from finetune_assets.demo import simulate_ab_traffic
 from finetune_assets.finetuning import make_backend
-from finetune_assets.finetuning.dataset import parse_prompt
-from finetune_assets.finetuning.demo_base_model import (
-    DEMO_BASE_MODEL,
-    ensure_demo_base_model,
-    format_chat_for_pretraining,
-)
+from finetune_assets.finetuning.demo_base_model import DEMO_BASE_MODEL
 from finetune_assets.resources.store import PlatformStore
 from finetune_assets.sensors import ab_test_sensor
 from finetune_assets.settings import load_settings
-from finetune_assets.simulation import DemoWorldConfig, generate_corpus
+from finetune_assets.simulation import generate_corpus
+from finetune_assets_tests import demo_world
 from finetune_assets_tests.conftest import NOW, resources_for, write_config
 
 pytestmark = pytest.mark.slow
-WORLD = DemoWorldConfig(seed=11, n_users=600, n_posts=1500)
+WORLD = demo_world.WORLD  # the world the session's demo base model was pretrained on
 CYCLE = "2026-11-15"
 SMALL = {
     "training_data_threshold": 50,
@@ -36,23 +32,11 @@ SMALL = {
 }
 
 
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo base model, pretrained once for this module on the world's non-qualifying posts."""
-    texts = []
-    for row in generate_corpus(WORLD, now=NOW):
-        prompt = parse_prompt(row["prompt_messages"])
-        qualifies = row["impressions"] >= 100 and row["engagements"] >= 0.06 * row["impressions"]
-        if isinstance(prompt, list) and row["completion"] and not qualifies:
-            texts.append(format_chat_for_pretraining([*prompt, {"role": "assistant", "content": row["completion"]}]))
-    target = tmp_path_factory.mktemp("base") / DEMO_BASE_MODEL
-    return ensure_demo_base_model(texts, target, pretrain_seconds=15, max_epochs=3)
-
-
 @pytest.fixture
-def world(tmp_path: Path, state_dir: Path, store: PlatformStore, base_model: Path) -> Path:
+def world(tmp_path: Path, state_dir: Path, store: PlatformStore, demo_base_model: Path) -> Path:
+    """WORLD's posts and the session's demo base model (pretrained on WORLD's non-qualifying posts)."""
     store.insert_posts(generate_corpus(WORLD, now=NOW))
-    shutil.copytree(base_model, state_dir / "base_models" / DEMO_BASE_MODEL)
+    shutil.copytree(demo_base_model, state_dir / "base_models" / DEMO_BASE_MODEL)
     return write_config(tmp_path / "c.yaml", state_dir, **SMALL)
 
 

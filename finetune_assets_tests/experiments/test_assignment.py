@@ -199,3 +199,28 @@ def test_bad_ids_and_salt_raise_value_error() -> None:
     for bad in ("", "   ", None, True, 1.5):
         with pytest.raises(ValueError, match="user_id"):
             assign_variant(bad, SALT)  # type: ignore[arg-type]
+
+
+def test_integer_fast_path_matches_the_scalar_path() -> None:
+    codes = {"control": 0, "treatment": 1, None: -1}
+    rng = np.random.default_rng(77)
+    big = np.concatenate(
+        [
+            np.array([0, 9, 10, 99, 100, 2**32 - 1, 2**32, 2**63 - 1], dtype=np.uint64),
+            rng.integers(0, 2**63, size=500, dtype=np.int64).astype(np.uint64),
+            np.array([2**64 - 1], dtype=np.uint64),
+        ]
+    )
+    for split, coverage in [(0.5, 1.0), (0.3, 0.4)]:
+        expected = [codes[assign_variant(str(int(v)), SALT, split=split, coverage=coverage)] for v in big]
+        assert assign_many(big, SALT, split=split, coverage=coverage).tolist() == expected
+        small = list(range(0, 3000, 7))
+        expected = [codes[assign_variant(v, SALT, split=split, coverage=coverage)] for v in small]
+        assert assign_many(small, SALT, split=split, coverage=coverage).tolist() == expected
+        assert assign_many(range(0, 3000, 7), SALT, split=split, coverage=coverage).tolist() == expected
+        assert assign_many(np.array(small, dtype=np.int32), SALT, split=split, coverage=coverage).tolist() == expected
+    # Ids the fast path does not take still agree with the scalar path (negative, mixed) or are rejected.
+    mixed: list[str | int] = [-5, 3, "7", " 8 ", 2**70]
+    assert assign_many(mixed, SALT).tolist() == [codes[assign_variant(u, SALT)] for u in mixed]
+    with pytest.raises(ValueError, match="user_id"):
+        assign_many([1, True], SALT)

@@ -65,3 +65,37 @@ def test_platform_tables_are_created_idempotently(store: PlatformStore) -> None:
     again = PlatformStore(store.engine)
     tables = set(sa.inspect(again.engine).get_table_names())
     assert {"ft_datasets", "ft_example_ledger", "ft_models", "ft_experiments", "ft_promotions"} <= tables
+
+
+def test_arm_totals_until_a_cutoff_count_only_the_posts_created_before_it(store: PlatformStore) -> None:
+    rows = ab_rows(10_000, "exp-1", np.random.default_rng(3))  # one post a minute from NOW
+    store.insert_posts(rows)
+    cutoff = NOW + timedelta(minutes=150)
+    early = store.arm_totals("exp-1", until=cutoff)
+    for variant in ("control", "treatment"):
+        kept = [r for r in rows if r["variant"] == variant and r["created_at"] < cutoff]
+        assert early[variant].users == len({r["user_id"] for r in kept})
+        assert early[variant].sum_d == sum(r["impressions"] for r in kept)
+        assert early[variant].sum_m == sum(r["engagements"] for r in kept)
+    assert store.arm_totals("exp-1", until=NOW) == {}
+    assert store.arm_totals("exp-1", until=NOW + timedelta(days=1)) == store.arm_totals("exp-1")
+
+
+def test_engagement_rate_bins_are_counted_in_sql_over_untaken_organic_posts(store: PlatformStore) -> None:
+    seed(store, n_posts=500)
+    store.insert_posts(ab_rows(10_000, "exp-1", np.random.default_rng(4)))  # A/B traffic: never in the pool
+    bins = store.engagement_rate_bins(min_impressions=100, bins_per_unit=200)
+    p = store.posts.c
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(p.engagements, p.impressions).where(
+                p.experiment_id.is_(None), p.impressions >= 100, p.engagements >= 0, p.engagements <= p.impressions
+            )
+        ).all()
+    expected: dict[int, int] = {}
+    for engagements, impressions in rows:
+        index = (engagements * 200) // impressions  # floor(rate / 0.005), exactly, in integers
+        expected[index] = expected.get(index, 0) + 1
+    assert bins == expected and sum(bins.values()) == len(rows) > 100
+    qualifying = sum(n for k, n in bins.items() if k >= 12)  # rate >= 0.06 = 12 bins of 0.005
+    assert qualifying == sum(1 for e, i in rows if e >= 0.06 * i) > 0
