@@ -65,3 +65,8 @@ def select_executor(environ: Mapping[str, str] | None = None) -> dg.ExecutorDefi
     from dagster_k8s import k8s_job_executor
 
     return k8s_job_executor
+
+
+def model_step_resources() -> dict[str, Any]:
+    """Training and evaluation load the model: more memory, and a GPU for the local backend."""
+    return k8s_resources(cpu="2", memory="4Gi", cpu_limit="4", memory_limit="16Gi", gpus=1)

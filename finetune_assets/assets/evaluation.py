@@ -6,7 +6,7 @@ from finetune_assets.checks import EVALUATION_CHECKS, candidate_not_worse
 from finetune_assets.evaluation.predictor import SCORER_VERSION, fit_predictor
 from finetune_assets.evaluation.scoring import comparison_table, score_model
 from finetune_assets.finetuning import make_backend
-from finetune_assets.k8s import k8s_resources
+from finetune_assets.k8s import model_step_resources
 from finetune_assets.observability import report_evaluation
 from finetune_assets.partitions import cycle_asset
 from finetune_assets.progress import reporter
@@ -20,7 +20,7 @@ from finetune_assets.resources.tracking import TrackingResource
     deps=["fine_tuned_model"],
     check_specs=EVALUATION_CHECKS,
     kinds={"pytorch"},
-    op_tags=k8s_resources(cpu="2", memory="4Gi", cpu_limit="4", memory_limit="16Gi", gpus=1),
+    op_tags=model_step_resources(),
 )
 def evaluation_scores(
     context: dg.AssetExecutionContext,

@@ -11,7 +11,7 @@ from finetune_assets.checks import FINE_TUNED_MODEL_CHECKS, fine_tune_results
 from finetune_assets.finetuning import make_backend
 from finetune_assets.finetuning.base import TERMINAL_STATUSES, FineTuningBackend, TrainingSpec
 from finetune_assets.finetuning.dataset import parse_prompt
-from finetune_assets.k8s import k8s_resources
+from finetune_assets.k8s import model_step_resources
 from finetune_assets.observability import report_fine_tune
 from finetune_assets.partitions import cycle_asset
 from finetune_assets.progress import Say, format_duration, reporter
@@ -90,7 +90,7 @@ def wait_for(
     deps=["training_data"],
     check_specs=FINE_TUNED_MODEL_CHECKS,
     kinds={"pytorch"},
-    op_tags=k8s_resources(cpu="2", memory="4Gi", cpu_limit="4", memory_limit="16Gi", gpus=1),
+    op_tags=model_step_resources(),
 )
 def fine_tuned_model(
     context: dg.AssetExecutionContext,
