@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -86,3 +86,18 @@ def demo_instance(tmp_path_factory: pytest.TempPathFactory, demo_base_model: Pat
     from finetune_assets_tests.demo_world import materialize_demo_world
 
     return materialize_demo_world(tmp_path_factory.mktemp("demo"), demo_base_model)
+
+
+def start_experiment(store: PlatformStore, ends_in_hours: float = 168) -> dict:
+    """A running experiment `exp-1` of cycle 2026-11-15 whose window ends `ends_in_hours` after NOW."""
+    return store.start_experiment(
+        experiment_id="exp-1",
+        partition_key="2026-11-15",
+        control_model="base",
+        treatment_model="ft:cand",
+        salt="s",
+        split=0.5,
+        coverage=1.0,
+        started_at=NOW - timedelta(hours=168 - ends_in_hours),
+        ends_at=NOW + timedelta(hours=ends_in_hours),
+    )

@@ -9,7 +9,7 @@ import dagster as dg
 from finetune_assets.definitions import defs
 from finetune_assets.resources.store import PlatformStore
 from finetune_assets.sensors import ab_test_sensor, training_data_sensor
-from finetune_assets_tests.conftest import NOW, resources_for, seed, write_config
+from finetune_assets_tests.conftest import NOW, resources_for, seed, start_experiment, write_config
 
 
 def tick(sensor, instance, config: Path, state_dir: Path, cursor: str | None = None, now=NOW):
@@ -17,20 +17,6 @@ def tick(sensor, instance, config: Path, state_dir: Path, cursor: str | None = N
         instance=instance, cursor=cursor, resources=resources_for(config, state_dir, now), definitions=defs
     )
     return sensor(context)
-
-
-def start_experiment(store: PlatformStore, ends_in_hours: float = 168) -> dict:
-    return store.start_experiment(
-        experiment_id="exp-1",
-        partition_key="2026-11-15",
-        control_model="base",
-        treatment_model="ft:cand",
-        salt="s",
-        split=0.5,
-        coverage=1.0,
-        started_at=NOW - timedelta(hours=168 - ends_in_hours),
-        ends_at=NOW + timedelta(hours=ends_in_hours),
-    )
 
 
 def test_training_data_sensor_fires_once_per_set_of_posts(

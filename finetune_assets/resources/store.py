@@ -682,12 +682,6 @@ class PlatformStore:
         """The routing decision recorded for an experiment (promoted or kept), if any."""
         return self._first(sa.select(promotions).where(promotions.c.experiment_id == experiment_id))
 
-    def experiment_posts_by_variant(self, experiment_id: str) -> dict[str, int]:
-        p = self.posts.c
-        query = sa.select(p.variant, sa.func.count()).where(p.experiment_id == experiment_id).group_by(p.variant)
-        with self.engine.connect() as conn:
-            return {str(v): int(n) for v, n in conn.execute(query)}
-
     # -- promotions ----------------------------------------------------------------------------------------
 
     def record_promotion(

@@ -7,8 +7,7 @@ import dagster as dg
 from finetune_assets.assets import ab_test, evaluation_scores
 from finetune_assets.resources.store import PlatformStore
 from finetune_assets.sensors import ab_test_sensor
-from finetune_assets_tests.conftest import resources_for, write_config
-from finetune_assets_tests.test_sensors import start_experiment
+from finetune_assets_tests.conftest import resources_for, start_experiment, write_config
 
 
 def start_ab_test(config: Path, state_dir: Path, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:

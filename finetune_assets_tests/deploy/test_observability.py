@@ -17,8 +17,7 @@ from finetune_assets import observability
 from finetune_assets.assets import ab_test, ab_test_outcome, generated_posts, training_data
 from finetune_assets.resources.store import PlatformStore
 from finetune_assets.sensors import training_data_sensor
-from finetune_assets_tests.conftest import NOW, resources_for, seed, write_config
-from finetune_assets_tests.test_sensors import start_experiment
+from finetune_assets_tests.conftest import NOW, resources_for, seed, start_experiment, write_config
 
 
 @dataclass

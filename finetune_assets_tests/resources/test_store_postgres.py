@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from finetune_assets.finetuning.dataset import Limits, select_examples
 from finetune_assets.resources.store import PlatformStore
-from finetune_assets_tests.conftest import NOW, seed
+from finetune_assets_tests.conftest import NOW, seed, start_experiment
 
 pytestmark = pytest.mark.integration
 ADMIN_URL = os.environ.get("FINETUNE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
@@ -56,16 +56,6 @@ def test_collection_ledger_and_experiment_on_postgres(pg_store: PlatformStore) -
         )
     assert pg_store.count_qualifying(100, 0.06) == (0, None)
     assert len(pg_store.load_examples(dataset_id, "train")) == len(selection.train)
-    experiment = pg_store.start_experiment(
-        experiment_id="e1",
-        partition_key="2026-11-15",
-        control_model="a",
-        treatment_model="b",
-        salt="s",
-        split=0.5,
-        coverage=1.0,
-        started_at=NOW,
-        ends_at=NOW + timedelta(hours=168),
-    )
+    experiment = start_experiment(pg_store)
     assert experiment["ends_at"] == NOW + timedelta(hours=168)
-    assert pg_store.running_experiment()["experiment_id"] == "e1"  # type: ignore[index]
+    assert pg_store.running_experiment()["experiment_id"] == experiment["experiment_id"]  # type: ignore[index]
