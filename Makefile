@@ -64,7 +64,11 @@ bench: install services
 	$(BIN)/python bench/demo_end_to_end.py
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/p3_assignment.py
-	$(BIN)/python bench/p4_outcome_analysis.py --rows 1000000
+	$(BIN)/python bench/p4_outcome_analysis.py --rows 10000000
+	$(BIN)/python bench/p1_collection.py
+	$(BIN)/python bench/p2_sensor_tick.py
+	$(BIN)/python bench/p5_openai_preflight.py
+	$(BIN)/python bench/p6_eval_concurrency.py
 
 clean:
 	rm -rf .state .dagster_home .pytest_cache .mypy_cache .ruff_cache

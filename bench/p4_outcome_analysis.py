@@ -37,7 +37,7 @@ from finetune_assets.experiments.decision import FinalDecision, final_decision
 from finetune_assets.experiments.guardrails import default_guardrails
 from finetune_assets.experiments.monitor import monitor
 from finetune_assets.experiments.statistics import ArmSums
-from finetune_assets.resources.store import PlatformStore, make_engine
+from finetune_assets.resources.store import INDEX_ORDER_PLAN_OFF, PlatformStore, make_engine
 
 EXPERIMENT = "exp-p4-bench"
 SALT = "exp-p4-bench:1"
@@ -168,11 +168,13 @@ def _timed(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, flo
     return {name: statistics.median(values) for name, values in timings.items()}
 
 
-def _raw_query(engine: sa.Engine, sql: str, parameters: Any) -> Callable[[], object]:
+def _raw_query(engine: sa.Engine, sql: str, parameters: Any, plan_off: tuple[str, ...] = ()) -> Callable[[], object]:
     def run() -> object:
         raw = engine.raw_connection()
         try:
             cursor = raw.cursor()
+            for setting in plan_off:  # the same transaction-local planner settings the store uses
+                cursor.execute(f"SET LOCAL {setting} = off")
             cursor.execute(sql, parameters)
             return cursor.fetchall()
         finally:
@@ -204,7 +206,7 @@ def measure(engine: sa.Engine, users: int, repeats: int, label: str) -> None:
     medians = _timed(
         {
             "bare per-arm": _raw_query(engine, BARE_ARM_SQL, {"e": EXPERIMENT}),
-            "bare per-user": _raw_query(engine, per_user_sql, per_user_parameters),
+            "bare per-user": _raw_query(engine, per_user_sql, per_user_parameters, INDEX_ORDER_PLAN_OFF),
             "analysis": analysis,
         },
         repeats,
@@ -220,9 +222,12 @@ def measure(engine: sa.Engine, users: int, repeats: int, label: str) -> None:
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
+        for setting in INDEX_ORDER_PLAN_OFF:
+            cursor.execute(f"SET LOCAL {setting} = off")
         cursor.execute("EXPLAIN " + per_user_sql, per_user_parameters)
         plan = [row[0].strip() for row in cursor.fetchall()]
     finally:
+        raw.rollback()
         raw.close()
     print("  plan of arm_totals:", " / ".join(line for line in plan if "Aggregate" in line or "Scan" in line))
     print(f"  decision on the synthetic A/A data: {decision.action}: {decision.reason[:140]}")
@@ -235,13 +240,6 @@ def main() -> None:
         "--users", type=int, default=40_000, help="distinct users (default 40,000: the §7 harness at 20k per arm)"
     )
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--covering-index",
-        action="store_true",
-        help="then add (experiment_id, variant, user_id) INCLUDE (impressions, engagements) and measure again "
-        "with a sorted index-only plan (what the store could do)",
-    )
-    parser.add_argument("--work-mem", default="256MB", help="work_mem of the second measurement")
     parser.add_argument("--dsn", default="host=127.0.0.1 port=5432 user=postgres dbname=postgres")
     args = parser.parse_args()
     database = f"finetune_p4_{os.getpid()}"
@@ -256,26 +254,7 @@ def main() -> None:
         engines.append(engine)
         seconds = seed(PlatformStore(engine), args.rows, args.users)
         print(f"seeded {args.rows:,} rows, {args.users:,} users (COPY, indexes, VACUUM ANALYZE): {seconds:.1f} s")
-        measure(engine, args.users, args.repeats, "store schema and server defaults as is")
-        roomy = sa.create_engine(url, connect_args={"options": f"-c work_mem={args.work_mem}"})
-        engines.append(roomy)
-        measure(roomy, args.users, args.repeats, f"work_mem={args.work_mem} (hash aggregate fits in memory)")
-        if args.covering_index:
-            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                started = time.perf_counter()
-                conn.execute(
-                    sa.text(
-                        "CREATE INDEX ix_p4_covering ON generated_posts (experiment_id, variant, user_id) "
-                        "INCLUDE (impressions, engagements)"
-                    )
-                )
-                conn.execute(sa.text("VACUUM ANALYZE generated_posts"))
-                print(f"covering index + VACUUM in {time.perf_counter() - started:.1f} s")
-            hinted = sa.create_engine(
-                url, connect_args={"options": "-c enable_hashagg=off -c enable_seqscan=off -c enable_bitmapscan=off"}
-            )
-            engines.append(hinted)
-            measure(hinted, args.users, args.repeats, "covering index, sorted index-only plan (all-visible pages)")
+        measure(engine, args.users, args.repeats, "store schema and server defaults as shipped")
     finally:
         for engine in engines:
             engine.dispose()

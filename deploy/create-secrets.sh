@@ -3,6 +3,7 @@
 #
 #   export OPENAI_API_KEY=sk-...                                      # secret openai-credentials
 #   export DATABASE_URL=postgresql+psycopg2://finetune:...@host/db    # secret finetune-database
+#   export REDIS_URL=redis://:...@redis-host:6379/0                   # optional, also in finetune-database
 #   export DAGSTER_PG_PASSWORD=...                                    # secret dagster-postgresql-secret
 #   NAMESPACE=dagster deploy/create-secrets.sh
 #
@@ -25,5 +26,6 @@ apply_secret() {  # name, then KEY=VALUE pairs; a client-side dry run piped to a
 
 kubectl get namespace "$NAMESPACE" >/dev/null 2>&1 || kubectl create namespace "$NAMESPACE"
 apply_secret openai-credentials "OPENAI_API_KEY=$OPENAI_API_KEY"
-apply_secret finetune-database "DATABASE_URL=$DATABASE_URL"
+# REDIS_URL (evaluation cache, routing snapshot) is optional: without it the platform runs uncached.
+apply_secret finetune-database "DATABASE_URL=$DATABASE_URL" ${REDIS_URL:+"REDIS_URL=$REDIS_URL"}
 apply_secret dagster-postgresql-secret "postgresql-password=$DAGSTER_PG_PASSWORD"

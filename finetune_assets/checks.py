@@ -14,6 +14,7 @@ from typing import Any
 
 import dagster as dg
 
+from finetune_assets.experiments.sequential import SEQUENTIAL_SRM_ALPHA
 from finetune_assets.finetuning.base import TrainingResult
 from finetune_assets.finetuning.dataset import (
     ValidPost,
@@ -38,6 +39,12 @@ TRAINING_DATA_CHECKS = [
     _spec("token_limit", "training_data", "No example exceeds `max_tokens_per_example`."),
     _spec("no_duplicates", "training_data", "No example repeats another, in this set or an earlier one."),
     _spec("no_pii", "training_data", "No e-mail address, phone or card number in any example."),
+    _spec(
+        "cost_within_budget",
+        "training_data",
+        "Estimated OpenAI fine-tuning cost within `openai.max_cost_usd`, before anything is uploaded "
+        "(local backend: no charge).",
+    ),
 ]
 FINE_TUNED_MODEL_CHECKS = [
     _spec("job_succeeded", "fine_tuned_model", "The fine-tuning job finished with status succeeded."),
@@ -51,7 +58,11 @@ EVALUATION_CHECKS = [
     ),
 ]
 AB_TEST_OUTCOME_CHECKS = [
-    _spec("no_sample_ratio_mismatch", "ab_test_outcome", "Users per arm match the configured split (χ²)."),
+    _spec(
+        "no_sample_ratio_mismatch",
+        "ab_test_outcome",
+        "Users per arm match the configured split (final χ² and the hourly sequential test).",
+    ),
     _spec("enough_data", "ab_test_outcome", "Each arm has at least `min_users_per_arm` users."),
 ]
 
@@ -117,15 +128,59 @@ def chat_format(lines: Sequence[Any]) -> dg.AssetCheckResult:
 
 
 def token_limit(posts: Sequence[ValidPost], settings: Settings) -> dg.AssetCheckResult:
-    counts = [approx_token_count(p.example.messages) for p in posts]
-    over = sum(1 for c in counts if c > settings.max_tokens_per_example)
+    if settings.backend == "openai":  # tiktoken, the model's encoding (or labelled cl100k_base), its own limit
+        from finetune_assets.finetuning.tokens import counter_for_model, effective_token_limit
+
+        counter = counter_for_model(settings.base_model)
+        limit = effective_token_limit(settings.base_model, settings.max_tokens_per_example, counter.approximate)
+        counts = [counter.example_tokens(p.example.messages) for p in posts]
+        counting = counter.label
+    else:
+        limit = settings.max_tokens_per_example
+        counts = [approx_token_count(p.example.messages) for p in posts]
+        counting = "approximate (words and punctuation + per-message overhead)"
+    over = sum(1 for c in counts if limit is not None and c > limit)
     return _result(
         "token_limit",
         over == 0,
-        f"{over} examples over {settings.max_tokens_per_example} tokens (approximate count)",
+        f"{over} examples over {limit} tokens ({counting})",
         max_tokens=max(counts, default=0),
-        limit=settings.max_tokens_per_example,
-        counting="approximate (words and punctuation + per-message overhead)",
+        limit=limit,
+        counting=counting,
+    )
+
+
+def cost_within_budget(train: Sequence[ValidPost], settings: Settings) -> dg.AssetCheckResult:
+    """The OpenAI cost gate (billing tokens x epochs x the model's price), run before any upload."""
+    if settings.backend != "openai":
+        return _result(
+            "cost_within_budget",
+            True,
+            f"{settings.backend} backend: trains on our own hardware, no per-token charge",
+            backend=settings.backend,
+            estimated_cost_usd=0.0,
+        )
+    from finetune_assets.finetuning.tokens import preflight
+
+    report = preflight(
+        [{"messages": list(p.example.messages)} for p in train],
+        settings.base_model,
+        prices=settings.openai.training_price_per_million_tokens,
+        n_epochs=settings.openai.hyperparameters.n_epochs,
+        max_tokens_per_example=settings.max_tokens_per_example,
+    )
+    cost, budget = report.estimated_cost_usd, settings.openai.max_cost_usd
+    passed = cost is not None and cost <= budget
+    if cost is None:
+        description = f"no price for {settings.base_model} in openai.training_price_per_million_tokens"
+    else:
+        description = (
+            f"estimated ${cost:.4f} = {report.billing_tokens:,} billing tokens x {report.n_epochs} epochs x "
+            f"${report.price_per_million}/1M tokens ({report.encoding}); openai.max_cost_usd is ${budget:.2f}"
+            + ("" if passed else ": refused, nothing is uploaded")
+        )
+    return _result(
+        "cost_within_budget", passed, description, backend="openai", max_cost_usd=budget, **report.as_metadata()
     )
 
 
@@ -168,6 +223,7 @@ def training_data_results(
         token_limit(everything, settings),
         no_duplicates(everything, previously_trained),
         no_pii(everything),
+        cost_within_budget(train, settings),
     ]
 
 
@@ -200,10 +256,15 @@ def fine_tune_results(result: TrainingResult) -> list[dg.AssetCheckResult]:
 
 
 def candidate_not_worse(scores: Mapping[str, Mapping[str, float]], max_regression: float) -> dg.AssetCheckResult:
-    """Lower loss is better, higher predicted engagement is better; each may regress by `max_regression`."""
+    """Lower loss is better, higher predicted engagement is better; each may regress by `max_regression`.
+
+    A model served by an API that cannot score text has no `heldout_loss` in its row: the comparison then
+    rests on predicted engagement alone, and the result says so (`heldout_loss_compared: False`).
+    """
     candidate, champion = scores["candidate"], scores["champion"]
     problems = []
-    if candidate["heldout_loss"] > champion["heldout_loss"] * (1 + max_regression):
+    loss_compared = "heldout_loss" in candidate and "heldout_loss" in champion
+    if loss_compared and candidate["heldout_loss"] > champion["heldout_loss"] * (1 + max_regression):
         problems.append(f"held-out loss {candidate['heldout_loss']:.4f} vs champion {champion['heldout_loss']:.4f}")
     floor = champion["predicted_engagement"] * (1 - max_regression)
     if candidate["predicted_engagement"] < floor:
@@ -214,10 +275,14 @@ def candidate_not_worse(scores: Mapping[str, Mapping[str, float]], max_regressio
     return _result(
         "candidate_not_worse",
         not problems,
-        "candidate is worse than the champion: " + "; ".join(problems)
-        if problems
-        else "candidate is not worse than the champion",
+        (
+            "candidate is worse than the champion: " + "; ".join(problems)
+            if problems
+            else "candidate is not worse than the champion"
+        )
+        + ("" if loss_compared else " (held-out loss not available from the API: predicted engagement only)"),
         max_relative_regression=max_regression,
+        heldout_loss_compared=loss_compared,
         **{f"{who}_{metric}": float(value) for who, row in scores.items() for metric, value in row.items()},
     )
 
@@ -225,12 +290,17 @@ def candidate_not_worse(scores: Mapping[str, Mapping[str, float]], max_regressio
 # -- ab_test_outcome -------------------------------------------------------------------------------------------
 
 
-def no_sample_ratio_mismatch(srm_p: float, threshold: float, users: Mapping[str, int]) -> dg.AssetCheckResult:
+def no_sample_ratio_mismatch(
+    srm_p: float, threshold: float, users: Mapping[str, int], sequential_p: float = 1.0
+) -> dg.AssetCheckResult:
+    """The final χ² and the hourly sequential test (its running-minimum anytime p) must both pass."""
     return _result(
         "no_sample_ratio_mismatch",
-        srm_p >= threshold,
-        f"SRM χ² p = {srm_p:.4g} (alarm below {threshold}); users per arm {dict(users)}",
+        srm_p >= threshold and sequential_p >= SEQUENTIAL_SRM_ALPHA,
+        f"SRM χ² p = {srm_p:.4g} (alarm below {threshold}), sequential anytime p = {sequential_p:.4g} (alarm below "
+        f"{SEQUENTIAL_SRM_ALPHA:g}); users per arm {dict(users)}",
         srm_p_value=float(srm_p),
+        srm_sequential_p=float(sequential_p),
         threshold=threshold,
     )
 

@@ -68,8 +68,14 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from finetune_assets.demo import DEMO_SCALE_OVERRIDES
+
     os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve()))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    for name, value in DEMO_SCALE_OVERRIDES.items():
+        if name not in os.environ:
+            os.environ[name] = value
+            _echo(f"demo scale: {name}={value} (~450 simulated users cannot show a 5% guardrail margin)")
     settings = _settings(args)
     if args.config:
         os.environ["FINETUNE_CONFIG"] = str(Path(args.config).resolve())
@@ -160,6 +166,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ramp(args: argparse.Namespace) -> int:
+    from finetune_assets.experiments.lifecycle import publish_routing, ramp_experiment
+    from finetune_assets.resources.cache import RedisResource
+
+    settings = _settings(args)
+    store = _store(settings)
+    try:
+        experiment = ramp_experiment(store, args.experiment_id, args.coverage)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    published = publish_routing(RedisResource(url=os.environ.get("REDIS_URL")), store, settings.base_model, _echo)
+    _echo(
+        f"experiment {experiment['experiment_id']}: coverage {experiment['coverage']:.0%} of users, split "
+        f"{experiment['split']:.0%} to the candidate (routers: "
+        + ("published to Redis)" if published else "read SQL within their refresh interval)")
+    )
+    return 0
+
+
 def cmd_k8s_render(args: argparse.Namespace) -> int:
     manifests = render(
         args.parts or K8S_PARTS,
@@ -221,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lineage.add_argument("--json", action="store_true", help="print JSON for machines")
     lineage.set_defaults(func=cmd_lineage)
+
+    ramp = commands.add_parser(
+        "ramp",
+        help="enroll more users in the running experiment (coverage only goes up; nobody changes arm)",
+        description="Raise the running experiment's coverage, e.g. from a 5%% smoke test to everyone. Enrolled users "
+        "keep their arm. Lowering coverage or changing the split mid-test is refused: start a new experiment.",
+    )
+    ramp.add_argument("experiment_id", help="the running experiment, e.g. from `finetune-assets status`")
+    ramp.add_argument("--coverage", type=_share, required=True, help="share of users enrolled, in (0, 1]")
+    ramp.set_defaults(func=cmd_ramp)
 
     status = commands.add_parser(
         "status",
@@ -293,6 +328,16 @@ def _dns_subdomain(value: str) -> str:
     if not _DNS_SUBDOMAIN.match(value):
         raise argparse.ArgumentTypeError(f"{value!r}: expected a Kubernetes object name such as efs-sc")
     return value
+
+
+def _share(value: str) -> float:
+    try:
+        share = float(value)
+    except ValueError:
+        share = -1.0
+    if not 0.0 < share <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a share of users in (0, 1], such as 0.5")
+    return share
 
 
 def _storage_quantity(value: str) -> str:

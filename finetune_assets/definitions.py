@@ -1,7 +1,8 @@
 """The code location: one `Definitions` object, `defs`.
 
-Resources are chosen from the environment: `DATABASE_URL` and `MLFLOW_TRACKING_URI` (read at run time through
-`dg.EnvVar`, never copied into config) switch the embedded SQLite defaults to production services, and
+Resources are chosen from the environment: `DATABASE_URL`, `MLFLOW_TRACKING_URI` and `REDIS_URL` (read at run
+time through `dg.EnvVar`, never copied into config) switch the embedded SQLite defaults to production services;
+`OPENAI_API_KEY` (also an `EnvVar`) is the openai backend's and the judge's key; and
 `FINETUNE_EXECUTOR=k8s` runs each step in its own Kubernetes Job (finetune_assets/k8s.py).
 """
 
@@ -14,8 +15,10 @@ import dagster as dg
 from finetune_assets.assets import ALL_ASSETS
 from finetune_assets.jobs import ab_test_decision_job, finetune_cycle_job
 from finetune_assets.k8s import select_executor
+from finetune_assets.resources.cache import RedisResource
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource
+from finetune_assets.resources.openai import OpenAIResource
 from finetune_assets.resources.store import StoreResource
 from finetune_assets.resources.tracking import TrackingResource
 from finetune_assets.schedules import weekly_finetune_schedule
@@ -41,6 +44,8 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             state_dir=state_dir,
         ),
         "clock": ClockResource(),
+        "redis": RedisResource(url=_from_env("REDIS_URL")),
+        "openai": OpenAIResource(api_key=_from_env("OPENAI_API_KEY")),
     }
 
 

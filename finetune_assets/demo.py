@@ -38,6 +38,12 @@ GENERATION_BATCH = 64
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 """The demo prints its own progress (and the steps' progress lines, `finetune_assets.progress`); the full event
 log stays in the instance (and the UI)."""
+DEMO_SCALE_OVERRIDES = {"FINETUNE_EXPERIMENT__GUARDRAIL_MARGIN": "0.5"}
+"""Environment overrides `finetune-assets demo` applies unless already set. The demo's A/B test has ~450
+simulated users: far too few to show that impressions per user fell by less than the production margin (5 %),
+so every guardrail would block promotion (the power gate says so at the start). The demo widens the margin to
+50 % and says so; production keeps pipeline_config.yaml's value."""
+
 DEMO_WORLD = DemoWorldConfig(seed=7, n_users=1000, n_posts=3000, history_days=21, bad_row_fraction=0.02)
 
 

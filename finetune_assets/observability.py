@@ -23,9 +23,9 @@ from prometheus_client.registry import Collector
 PUSHGATEWAY_ENV = "PROMETHEUS_PUSHGATEWAY_URL"
 PUSH_JOB = "finetune_assets"
 PUSH_TIMEOUT_S = 5.0
-HARM_CODES = frozenset({"worse", "stop_harm"})
-"""Decision codes meaning the candidate hurt users: the final look's "significantly worse", and the
-experiment engine's early `stop_harm`."""
+HARM_CODES = frozenset({"worse", "harm_alarm", "stop_harm"})
+"""Decision codes meaning the candidate hurt users: the final look's "significantly worse", the decision
+after the hourly monitor's harm alarm, and the monitor's early `stop_harm`."""
 
 Warn = Callable[[str], None]
 _log = logging.getLogger(__name__)
@@ -107,8 +107,8 @@ AB_SRM_P_VALUE = Gauge(
 )
 AB_DECISION = Gauge(
     "finetune_ab_test_decision",
-    "1 for the latest experiment decision's code (win, not_significant, worse, srm, too_few_users, no_data, "
-    "or an early stop such as stop_harm / stop_srm).",
+    "1 for the latest experiment decision's code (win, not_significant, worse, guardrail, harm_alarm, srm, "
+    "too_few_users, no_data, windows_open, or an early stop such as stop_harm / stop_srm).",
     ["code"],
     registry=REGISTRY,
 )
@@ -202,10 +202,22 @@ def report_fine_tune(*, status: str, trained_tokens: int, cost_usd: float, warn:
 def report_evaluation(scores: Mapping[str, Mapping[str, float]], *, passed: bool, warn: Warn | None = None) -> bool:
     """`scores`: {"candidate": {"heldout_loss": …, "predicted_engagement": …}, "champion": {…}}."""
     for model, row in scores.items():
-        HELDOUT_LOSS.labels(model).set(row["heldout_loss"])
+        if "heldout_loss" in row:  # absent where the model's API cannot score text (OpenAI)
+            HELDOUT_LOSS.labels(model).set(row["heldout_loss"])
         PREDICTED_ENGAGEMENT.labels(model).set(row["predicted_engagement"])
     EVALUATION_PASSED.set(1 if passed else 0)
     _mark(HELDOUT_LOSS, PREDICTED_ENGAGEMENT, EVALUATION_PASSED)
+    return push(warn)
+
+
+def report_monitor(action: str, warn: Warn | None = None) -> bool:
+    """An hourly monitor look: only an early stop (stop_harm, stop_srm) changes what is reported, at once,
+    rather than when the decision run that follows it finishes."""
+    if action == "continue":
+        return False
+    _state(AB_DECISION, action)
+    AB_HARM.set(1 if action in HARM_CODES else 0)
+    _mark(AB_DECISION, AB_HARM)
     return push(warn)
 
 

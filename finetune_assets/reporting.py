@@ -158,9 +158,10 @@ def evaluation_plot(scores: Mapping[str, Mapping[str, float]], *, reference_enga
         (loss_ax, "heldout_loss", "held-out loss (lower is better)", "{:.3f}"),
         (engagement_ax, "predicted_engagement", "predicted engagement (higher is better)", "{:.2%}"),
     ):
-        values = [float(scores[name][key]) for name in names]
-        bars = ax.bar(names, values, color=colours, width=0.6)
-        ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=8)
+        # a model behind an API that cannot score text has no held-out loss: an empty bar labelled n/a
+        values = [float(scores[name].get(key, float("nan"))) for name in names]
+        bars = ax.bar(names, [0.0 if math.isnan(v) else v for v in values], color=colours, width=0.6)
+        ax.bar_label(bars, labels=["n/a" if math.isnan(v) else fmt.format(v) for v in values], fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.margins(y=0.2)
     if reference_engagement is not None:

@@ -1,5 +1,6 @@
-"""Sensors: start a cycle early when enough examples wait, decide an A/B test when its window closes,
-and report failed runs. Ticks only run O(1) SQL aggregates; the work happens in the runs they launch."""
+"""Sensors: start a cycle early when enough examples wait, watch a running A/B test (the hourly harm/SRM monitor,
+then the decision when its window closes or the monitor stops it), and report failed runs. Ticks only run SQL
+aggregates (the monitor's per-user sums are one GROUP BY); the work happens in the runs they launch."""
 
 import json
 import os
@@ -7,8 +8,9 @@ import urllib.request
 
 import dagster as dg
 
+from finetune_assets.experiments.lifecycle import early_stop, watch_experiment
 from finetune_assets.jobs import ab_test_decision_job, finetune_cycle_job
-from finetune_assets.observability import report_qualifying, report_run_failure, report_run_request
+from finetune_assets.observability import report_monitor, report_qualifying, report_run_failure, report_run_request
 from finetune_assets.partitions import current_cycle, weekly_cycle_partitions
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource
@@ -70,13 +72,15 @@ def training_data_sensor(
     default_status=dg.DefaultSensorStatus.STOPPED,
 )
 def ab_test_sensor(
-    context: dg.SensorEvaluationContext, store: StoreResource, clock: ClockResource
+    context: dg.SensorEvaluationContext, pipeline: PipelineConfigResource, store: StoreResource, clock: ClockResource
 ) -> dg.RunRequest | dg.SkipReason:
-    """A running experiment whose window has closed → decide it and promote, exactly once per experiment.
+    """Watch the running experiment: the harm/SRM monitor every `monitor_interval_minutes`, and the decision
+    run — exactly once per experiment (its id is the run key) — when the window closes or the monitor stops it.
 
     With no experiment running, a candidate that passed evaluation while another experiment ran (its
     `ab_test` step failed and said it waits) gets its experiment started, once per evaluation.
     """
+    settings = pipeline.get()
     db = store.get()
     experiment = db.running_experiment()
     if experiment is None:
@@ -91,19 +95,22 @@ def ab_test_sensor(
             asset_selection=[dg.AssetKey("ab_test")],
             tags={"finetune_assets/waiting_candidate": waiting["candidate_model"]},
         )
-    now = clock.now()
-    if now < experiment["ends_at"]:
-        hours = (experiment["ends_at"] - now).total_seconds() / 3600
-        return dg.SkipReason(
-            f"experiment {experiment['experiment_id']} has {hours:.1f} h left "
-            f"(ends {experiment['ends_at']:%Y-%m-%d %H:%M} UTC)"
-        )
+    watch = watch_experiment(db, experiment, settings, clock.now())
+    if watch.look is not None:
+        report_monitor(watch.look.action, warn=context.log.warning)
+    if not watch.decide:
+        return dg.SkipReason(watch.reason)
     report_run_request("ab_test_sensor", warn=context.log.warning)
+    tags = {"finetune_assets/experiment_id": experiment["experiment_id"]}
+    stop = early_stop(db.get_experiment(experiment["experiment_id"]) or experiment)
+    if stop is not None:
+        context.log.warning(watch.reason)
+        tags["finetune_assets/early_stop"] = str(stop["action"])
     return dg.RunRequest(
         run_key=experiment["experiment_id"],
         job_name=ab_test_decision_job.name,
         partition_key=experiment["partition_key"],
-        tags={"finetune_assets/experiment_id": experiment["experiment_id"]},
+        tags=tags,
     )
 
 

@@ -51,6 +51,91 @@ class EvaluationSettings(_Section):
     max_relative_regression: float = Field(
         0.02, ge=0, lt=1, description="Candidate may score at most this fraction below the champion."
     )
+    cache_ttl_hours: float = Field(
+        336, gt=0, le=24 * 365, description="How long cached generations and scores live (Redis or in-process)."
+    )
+    judge_model: str | None = Field(
+        None, description="A chat model that compares candidate and champion posts pairwise; null: no judge."
+    )
+
+
+class OpenAIHyperparameters(_Section):
+    """Sent as `method.supervised.hyperparameters`; "auto" lets OpenAI choose (n_epochs "auto": the cookbook's
+    default, computed here so the cost estimate matches what is sent)."""
+
+    n_epochs: int | Literal["auto"] = "auto"
+    batch_size: int | Literal["auto"] = "auto"
+    learning_rate_multiplier: float | Literal["auto"] = "auto"
+
+    @field_validator("n_epochs", "batch_size")
+    @classmethod
+    def _positive_int(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 50:
+            raise ValueError('expected "auto" or an integer from 1 to 50')
+        return value
+
+    @field_validator("learning_rate_multiplier")
+    @classmethod
+    def _positive_multiplier(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and not 0 < value <= 10:
+            raise ValueError('expected "auto" or a number in (0, 10]')
+        return value
+
+
+DEFAULT_TRAINING_PRICES = {
+    # USD per 1M training tokens, from openai.com/api/pricing (check before relying on it; edit in the YAML)
+    "gpt-4o-mini-2024-07-18": 3.0,
+    "gpt-4o-2024-08-06": 25.0,
+    "gpt-4.1-2025-04-14": 25.0,
+    "gpt-4.1-mini-2025-04-14": 5.0,
+    "gpt-4.1-nano-2025-04-14": 1.5,
+    "gpt-3.5-turbo-0125": 8.0,
+}
+
+
+class OpenAISettings(_Section):
+    """The OpenAI (or Azure OpenAI) backend. The API key is never here: `OPENAI_API_KEY` in the environment."""
+
+    base_url: str | None = Field(None, description="null: the SDK's default (https://api.openai.com/v1).")
+    azure_endpoint: str | None = Field(None, description="Azure OpenAI: https://<resource>.openai.azure.com")
+    api_version: str | None = Field(None, description="Azure OpenAI api-version, e.g. 2024-10-21.")
+    max_cost_usd: float = Field(20.0, ge=0, description="A fine-tune whose estimated cost is above is refused.")
+    training_price_per_million_tokens: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_TRAINING_PRICES))
+    hyperparameters: OpenAIHyperparameters = OpenAIHyperparameters()
+    poll_interval_seconds: float = Field(15.0, gt=0, le=3600)
+    poll_backoff: float = Field(1.5, ge=1, le=10, description="Each poll waits this factor longer, up to the max.")
+    max_poll_interval_seconds: float = Field(300.0, gt=0, le=3600)
+    job_deadline_hours: float = Field(24.0, gt=0, le=24 * 30)
+    request_timeout_seconds: float = Field(120.0, gt=0, le=3600)
+    max_retries: int = Field(5, ge=0, le=20, description="SDK retries of 408/409/429/5xx and connection errors.")
+    circuit_breaker_failures: int = Field(5, ge=1, le=1000, description="Consecutive failures that open it.")
+    circuit_breaker_reset_seconds: float = Field(60.0, gt=0, le=3600)
+    chat_concurrency: int = Field(8, ge=1, le=256, description="Chat completions in flight at once.")
+    temperature: float = Field(0.8, ge=0, le=2)
+    select_checkpoint: Literal["final", "lowest_full_valid_loss"] = "final"
+
+    @field_validator("training_price_per_million_tokens")
+    @classmethod
+    def _prices_non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {model: price for model, price in value.items() if not price >= 0}
+        if bad:
+            raise ValueError(f"expected USD prices >= 0 per model, got {bad}")
+        return value
+
+    @field_validator("base_url", "azure_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http(s):// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _azure_complete(self) -> OpenAISettings:
+        if self.azure_endpoint and not self.api_version:
+            raise ValueError("openai.api_version is required with openai.azure_endpoint (e.g. 2024-10-21)")
+        if self.azure_endpoint and self.base_url:
+            raise ValueError("set either openai.base_url or openai.azure_endpoint, not both")
+        return self
 
 
 class ExperimentSettings(_Section):
@@ -59,6 +144,18 @@ class ExperimentSettings(_Section):
     alpha: float = Field(0.05, gt=0, lt=0.5, description="Two-sided; promotion needs the CI above 0.")
     min_users_per_arm: int = Field(100, ge=8)
     srm_threshold: float = Field(0.001, gt=0, lt=0.5)
+    harm_alpha: float = Field(0.025, gt=0, lt=0.5, description="One-sided level of the hourly harm monitor.")
+    monitor_interval_minutes: int = Field(60, ge=5, le=24 * 60, description="How often the harm/SRM monitor looks.")
+    guardrail_margin: float = Field(
+        0.05, ge=0, lt=1, description="Guardrails (impressions, engagements per user) may be this much worse."
+    )
+    min_detectable_effect: float = Field(
+        0.05, gt=0, lt=1, description="Relative lift the test must detect with `power` (pre-launch power gate)."
+    )
+    power: float = Field(0.8, gt=0.5, lt=1)
+    underpowered: Literal["warn", "refuse"] = Field(
+        "warn", description="warn: start and record that the test is under-powered; refuse: do not start."
+    )
 
 
 class TrackingSettings(_Section):
@@ -85,6 +182,7 @@ class Settings(_Section):
     evaluation: EvaluationSettings = EvaluationSettings()
     experiment: ExperimentSettings = ExperimentSettings()
     tracking: TrackingSettings = TrackingSettings()
+    openai: OpenAISettings = OpenAISettings()
 
     @field_validator("timezone")
     @classmethod
@@ -101,8 +199,24 @@ class Settings(_Section):
             raise ValueError("evaluation.min_holdout_examples must not exceed evaluation.max_holdout_examples")
         return self
 
+    @model_validator(mode="after")
+    def _openai_model_priced(self) -> Settings:
+        if self.backend == "openai" and not _has_price(self.openai.training_price_per_million_tokens, self.base_model):
+            raise ValueError(
+                f"backend openai: base_model {self.base_model!r} has no entry in "
+                "openai.training_price_per_million_tokens (USD per 1M training tokens), so its cost cannot be "
+                "checked against openai.max_cost_usd"
+            )
+        return self
+
     def resolved_state_dir(self) -> Path:
         return Path(os.environ.get(STATE_DIR_ENV) or self.state_dir).expanduser().resolve()
+
+
+def _has_price(prices: dict[str, float], model: str) -> bool:
+    from finetune_assets.finetuning.tokens import price_per_million
+
+    return price_per_million(prices, model) is not None
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
@@ -140,7 +254,10 @@ def _describe(error: Any, source: str) -> str:
     if error["type"] == "missing":
         return f"{source}: missing key '{key}'"
     message = message.removeprefix("Value error, ")
-    return f"{source}: {key} = {error.get('input')!r}: {message[0].lower() + message[1:]}"
+    message = message[0].lower() + message[1:]
+    if isinstance(error.get("input"), dict):  # a section-level rule: the message names its keys and values
+        return f"{source}: {message}" if key == "<root>" else f"{source}: {key}: {message}"
+    return f"{source}: {key} = {error.get('input')!r}: {message}"
 
 
 def parse_settings(raw: Any, *, source: str, environ: dict[str, str] | None = None) -> Settings:

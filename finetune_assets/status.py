@@ -81,6 +81,10 @@ def gather_status(
             "ends_at": _iso(experiment["ends_at"]),
             "hours_left": max(left_s, 0.0) / 3600,
             "window_closed": left_s <= 0,
+            "coverage": experiment["coverage"],
+            "powered": experiment["details"].get("power_gate", {}).get("ok"),
+            "monitor": experiment["details"].get("monitor", {}).get("reason"),
+            "monitor_looks": experiment["details"].get("monitor_looks", 0),
         }
     last_experiment = store.latest_experiment()
 
@@ -188,7 +192,10 @@ def format_status(status: Mapping[str, Any]) -> str:
         row(
             "Experiment",
             f"{experiment['experiment_id']} running, {left}",
-            f"candidate {experiment['treatment_model']} vs {experiment['control_model']}",
+            f"candidate {experiment['treatment_model']} vs {experiment['control_model']}, "
+            f"{experiment['coverage']:.0%} of users enrolled"
+            + ("; under-powered (see ab_test's power_gate)" if experiment["powered"] is False else ""),
+            f"monitor ({experiment['monitor_looks']} looks): {experiment['monitor'] or 'no look yet'}",
         )
     else:
         last = status["last_experiment"]

@@ -10,12 +10,22 @@ import dagster as dg
 import pytest
 import yaml
 
+from finetune_assets.resources.cache import RedisResource
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource
+from finetune_assets.resources.openai import OpenAIResource
 from finetune_assets.resources.store import PlatformStore, StoreResource
 from finetune_assets.resources.tracking import TrackingResource
 from finetune_assets.settings import Settings, load_settings
 from finetune_assets.simulation import DemoWorldConfig, generate_corpus
+
+# Service fixtures live in their own modules: the OpenAI-compatible test server, the MLflow tracking server,
+# Postgres and Redis isolation.
+pytest_plugins = [
+    "finetune_assets_tests.fixtures.openai_server",
+    "finetune_assets_tests.fixtures.mlflow_server",
+    "finetune_assets_tests.fixtures.services",
+]
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)  # a Wednesday: the newest cycle is the week of 2026-11-15
 
@@ -56,12 +66,18 @@ def seed(store: PlatformStore, n_posts: int = 600, n_users: int = 200, seed: int
     return store.insert_posts(generate_corpus(world, now=NOW))
 
 
-def resources_for(config_path: Path, state_dir: Path, now: datetime | None = None) -> dict[str, object]:
+def resources_for(
+    config_path: Path, state_dir: Path, now: datetime | None = None, **overrides: object
+) -> dict[str, object]:
+    """The embedded defaults; `overrides` swap in real services (e.g. `tracking=`, `redis=`)."""
     return {
         "pipeline": PipelineConfigResource(config_path=str(config_path)),
         "store": StoreResource(state_dir=str(state_dir)),
         "tracking": TrackingResource(state_dir=str(state_dir)),
         "clock": ClockResource(fixed_now=(now or NOW).isoformat()),
+        "redis": RedisResource(),
+        "openai": OpenAIResource(),
+        **overrides,
     }
 
 

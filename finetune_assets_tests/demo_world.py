@@ -38,7 +38,7 @@ SMALL = {
     "training_data_threshold": 50,
     "training": {"n_epochs": 3, "learning_rate": 0.003, "batch_size": 16, "max_seq_len": 128},
     "evaluation": {"max_holdout_examples": 40, "min_holdout_examples": 10, "max_new_tokens": 64},
-    "experiment": {"min_users_per_arm": 30},
+    "experiment": {"min_users_per_arm": 30, "guardrail_margin": 0.5},  # the demo's scale (demo.DEMO_SCALE_OVERRIDES)
 }
 """Small enough for a test, strong enough that the candidate wins its A/B test by a wide margin (+43 %, CI
 [+22 %, +65 %] on the development machine) whatever the experiment's random salt."""

@@ -1,28 +1,37 @@
-"""`ab_test` starts the experiment; `ab_test_outcome` decides it once its window has closed.
+"""`ab_test` starts the experiment; `ab_test_outcome` decides it once its window has closed or the monitor
+stopped it.
 
-Nothing here waits: `ab_test` records the window and returns, and `ab_test_sensor` launches the outcome
-when the clock passes the window's end (a pod never sleeps for 168 hours).
+Nothing here waits: `ab_test` checks the power, records the window and returns; `ab_test_sensor` runs the
+hourly harm/SRM monitor and launches the outcome when the clock passes the window's end or the monitor stops
+the test (a pod never sleeps for 168 hours). The logic lives in `experiments/lifecycle.py`.
 """
 
-import secrets
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import dagster as dg
 
 from finetune_assets.checks import AB_TEST_OUTCOME_CHECKS, enough_data, no_sample_ratio_mismatch
-from finetune_assets.experiments.statistics import ArmSums, decide, relative_lift, srm_p_value
+from finetune_assets.experiments.decision import FinalDecision
+from finetune_assets.experiments.lifecycle import (
+    LaunchRefused,
+    conclude_experiment,
+    early_stop,
+    experiment_sums,
+    launch_experiment,
+    publish_routing,
+)
+from finetune_assets.experiments.statistics import ArmSums
 from finetune_assets.experiments.timeline import daily_cutoffs, lift_timeline
 from finetune_assets.k8s import k8s_resources
 from finetune_assets.observability import report_ab_outcome
 from finetune_assets.partitions import cycle_asset
 from finetune_assets.reporting import image_markdown, lift_over_time_plot, table
+from finetune_assets.resources.cache import RedisResource
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource
-from finetune_assets.resources.store import ArmTotals, ExperimentAlreadyRunning, PlatformStore, StoreResource
-
-ARMS = ("control", "treatment")
+from finetune_assets.resources.store import ExperimentAlreadyRunning, PlatformStore, StoreResource
 
 
 @cycle_asset(
@@ -35,8 +44,10 @@ def ab_test(
     pipeline: PipelineConfigResource,
     store: StoreResource,
     clock: ClockResource,
+    redis: RedisResource,
 ) -> dg.MaterializeResult:
-    """Start routing a share of users to the candidate for `a_b_test_duration_hours`."""
+    """Start routing a share of users to the candidate for `a_b_test_duration_hours`, if the traffic can
+    power the test (with `experiment.underpowered: warn`, start anyway and record that it cannot)."""
     settings = pipeline.get()
     db = store.get()
     evaluation = db.latest_evaluation(context.partition_key)
@@ -50,21 +61,20 @@ def ab_test(
         experiment = existing
         context.log.info(f"experiment {experiment['experiment_id']} already started for {candidate}")
     else:
-        started = clock.now()
         try:
-            experiment = db.start_experiment(
-                experiment_id=f"exp-{context.partition_key}-{secrets.token_hex(3)}",
+            experiment = launch_experiment(
+                db,
+                settings,
                 partition_key=context.partition_key,
-                control_model=db.production_model(default=settings.base_model),
-                treatment_model=candidate,
-                salt=secrets.token_hex(8),
-                split=settings.experiment.split,
-                coverage=settings.experiment.coverage,
-                started_at=started,
-                ends_at=started + timedelta(hours=settings.a_b_test_duration_hours),
+                candidate=candidate,
+                now=clock.now(),
+                warn=context.log.warning,
             )
-        except ExperimentAlreadyRunning as exc:
+        except (LaunchRefused, ExperimentAlreadyRunning) as exc:
             raise dg.Failure(str(exc)) from None
+    publish_routing(redis, db, settings.base_model, context.log.warning)
+    details = experiment["details"]
+    gate = details.get("power_gate", {})
     return dg.MaterializeResult(
         metadata={
             "experiment_id": experiment["experiment_id"],
@@ -76,20 +86,13 @@ def ab_test(
             "started_at": dg.MetadataValue.timestamp(experiment["started_at"]),
             "ends_at": dg.MetadataValue.timestamp(experiment["ends_at"]),
             "duration_hours": settings.a_b_test_duration_hours,
+            "powered": bool(gate.get("ok", False)),
+            "power_gate": str(gate.get("reason", "not checked")),
+            "power_at_forecast": dg.MetadataValue.float(float(gate.get("power_at_forecast") or 0.0)),
+            "required_users": int(gate.get("required_users") or 0),
+            "forecast_users": int(details.get("forecast_users") or 0),
+            "n_star": int(details.get("n_star") or 0),
         }
-    )
-
-
-def arm_sums(totals: ArmTotals | None) -> ArmSums:
-    if totals is None:
-        return ArmSums(n=0, sum_m=0.0, sum_d=0.0, sum_m2=0.0, sum_d2=0.0, sum_md=0.0)
-    return ArmSums(
-        n=totals.users,
-        sum_m=totals.sum_m,
-        sum_d=totals.sum_d,
-        sum_m2=totals.sum_m2,
-        sum_d2=totals.sum_d2,
-        sum_md=totals.sum_md,
     )
 
 
@@ -97,8 +100,7 @@ def lift_over_time_markdown(db: PlatformStore, experiment: Mapping[str, Any], al
     """The cumulative lift after each day of the window (per-user sums in SQL, one query per day), as a plot."""
 
     def sums_until(cutoff: datetime) -> tuple[ArmSums, ArmSums]:
-        totals = db.arm_totals(experiment["experiment_id"], until=cutoff)
-        return arm_sums(totals.get("control")), arm_sums(totals.get("treatment"))
+        return experiment_sums(db, experiment["experiment_id"], until=cutoff)
 
     started, ends = experiment["started_at"], experiment["ends_at"]
     points = lift_timeline(started, daily_cutoffs(started, ends), sums_until, alpha=alpha)
@@ -123,61 +125,39 @@ def ab_test_outcome(
     pipeline: PipelineConfigResource,
     store: StoreResource,
     clock: ClockResource,
+    redis: RedisResource,
 ) -> dg.MaterializeResult:
-    """Per-arm engagement, the relative lift with its delta-method interval, SRM, and the decision."""
+    """The promotion test, read once: per-arm engagement, the lift with its interval, SRM, guardrails, the
+    monitor's alarms, and the decision with its reason."""
     settings = pipeline.get()
     db = store.get()
     experiment = db.latest_experiment(context.partition_key)
     if experiment is None:
         raise dg.Failure(f"cycle {context.partition_key} has no experiment; materialize ab_test first")
     now = clock.now()
-    if now < experiment["ends_at"]:
+    stop = early_stop(experiment)
+    if now < experiment["ends_at"] and stop is None:
         left = (experiment["ends_at"] - now).total_seconds() / 3600
         raise dg.Failure(
             f"experiment {experiment['experiment_id']} runs {left:.1f} more hours (until "
             f"{experiment['ends_at']:%Y-%m-%d %H:%M} UTC); ab_test_sensor launches the outcome when it ends"
         )
-    totals = db.arm_totals(experiment["experiment_id"])
-    control, treatment = arm_sums(totals.get("control")), arm_sums(totals.get("treatment"))
-    users = {arm: arm_sums(totals.get(arm)).n for arm in ARMS}
-    split = float(experiment["split"])
-    srm_p = srm_p_value([users["control"], users["treatment"]], [1 - split, split])
-    decision = decide(
-        control,
-        treatment,
-        alpha=settings.experiment.alpha,
-        min_users_per_arm=settings.experiment.min_users_per_arm,
-        srm_threshold=settings.experiment.srm_threshold,
-        split=split,
-    )
-    lift = relative_lift(control, treatment, alpha=settings.experiment.alpha) if min(users.values()) >= 2 else None
+    outcome = conclude_experiment(db, experiment, settings, now)
+    decision, control, treatment = outcome.decision, outcome.control, outcome.treatment
+    users = {"control": control.n, "treatment": treatment.n}
     checks = [
-        no_sample_ratio_mismatch(srm_p, settings.experiment.srm_threshold, users),
+        no_sample_ratio_mismatch(
+            decision.srm.p_value, settings.experiment.srm_threshold, users, sequential_p=decision.srm_sequential_p
+        ),
         enough_data(users, settings.experiment.min_users_per_arm),
     ]
-    invalid = not all(c.passed for c in checks)
-    details = {
-        "users": users,
-        "srm_p_value": srm_p,
-        "lift": lift.lift if lift else None,
-        "ci_low": lift.ci_low if lift else None,
-        "ci_high": lift.ci_high if lift else None,
-        "p_value": lift.p_value if lift else None,
-        "control_rate": control.rate if control.n else None,
-        "treatment_rate": treatment.rate if treatment.n else None,
-    }
-    db.decide_experiment(
-        experiment["experiment_id"],
-        status="invalid" if invalid else "decided",
-        decision=decision.action,
-        reason=decision.reason,
-        details=details,
-    )
+    publish_routing(redis, db, settings.base_model, context.log.warning)
+    lift = decision.lift
     report_ab_outcome(
         users=users,
         rates={arm: sums.rate for arm, sums in (("control", control), ("treatment", treatment)) if sums.n},
         lift=(lift.lift, lift.ci_low, lift.ci_high) if lift else None,
-        srm_p_value=srm_p,
+        srm_p_value=decision.srm.p_value,
         code=decision.code,
         warn=context.log.warning,
     )
@@ -192,19 +172,33 @@ def ab_test_outcome(
         )
         for arm, s in (("control", control), ("treatment", treatment))
     ]
+    details = experiment["details"]
     metadata: dict[str, object] = {
         "experiment_id": experiment["experiment_id"],
         "decision": decision.action,
+        "decision_code": decision.code,
         "reason": decision.reason,
         "arms": dg.MetadataValue.md(
             table(["arm", "model", "users", "impressions", "engagements", "engagement rate"], rows)
         ),
         "users_control": users["control"],
         "users_treatment": users["treatment"],
-        "srm_p_value": srm_p,
+        "srm_p_value": decision.srm.p_value,
+        "srm_sequential_p": decision.srm_sequential_p,
+        "harm_alarm": bool(details.get("harm_alarm")),
+        "stopped_early": stop["reason"] if stop else "no",
+        "monitor_looks": int(details.get("monitor_looks", 0)),
+        "powered": bool(details.get("power_gate", {}).get("ok", False)),
+        "guardrails": dg.MetadataValue.md(guardrail_table(decision)),
+        "checks": dg.MetadataValue.md(
+            table(
+                ["check", "passed", "detail"],
+                [(c.name, "yes" if c.passed else "no", c.message) for c in decision.checks],
+            )
+        ),
         "window_start": dg.MetadataValue.timestamp(experiment["started_at"]),
         "window_end": dg.MetadataValue.timestamp(experiment["ends_at"]),
-        "traffic_source": str(experiment["details"].get("traffic_source", "live traffic")),
+        "traffic_source": str(details.get("traffic_source", "live traffic")),
         "lift_plot": dg.MetadataValue.md(lift_over_time_markdown(db, experiment, settings.experiment.alpha)),
     }
     if lift is not None:
@@ -219,3 +213,11 @@ def ab_test_outcome(
         )
     context.log.info(f"experiment {experiment['experiment_id']}: {decision.action} — {decision.reason}")
     return dg.MaterializeResult(metadata=metadata, check_results=checks)  # type: ignore[arg-type]
+
+
+def guardrail_table(decision: FinalDecision) -> str:
+    rows = [
+        (g.name, f"{g.effect:+.2%}" if g.effect is not None else "–", f"−{g.margin:.0%}", "yes" if g.passed else "no")
+        for g in decision.guardrails
+    ]
+    return table(["guardrail", "relative change", "margin", "non-inferior"], rows)

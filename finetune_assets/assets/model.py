@@ -2,13 +2,14 @@
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from finetune_assets.checks import FINE_TUNED_MODEL_CHECKS, fine_tune_results
-from finetune_assets.finetuning import make_backend
 from finetune_assets.finetuning.base import TERMINAL_STATUSES, FineTuningBackend, TrainingSpec
 from finetune_assets.finetuning.dataset import parse_prompt
 from finetune_assets.k8s import model_step_resources
@@ -17,6 +18,7 @@ from finetune_assets.partitions import cycle_asset
 from finetune_assets.progress import Say, format_duration, reporter
 from finetune_assets.reporting import curve, image_markdown, loss_curves_plot
 from finetune_assets.resources.config import PipelineConfigResource
+from finetune_assets.resources.openai import OpenAIResource, backend_failure
 from finetune_assets.resources.store import PlatformStore, StoreResource
 from finetune_assets.resources.tracking import TrackingResource
 from finetune_assets.settings import Settings
@@ -30,6 +32,8 @@ def config_hash(settings: Settings) -> str:
         "base_model": settings.base_model,
         **settings.training.model_dump(),
     }
+    if settings.backend == "openai":  # only then: local job keys stay what they were
+        relevant["openai_hyperparameters"] = settings.openai.hyperparameters.model_dump()
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -66,16 +70,29 @@ def ensure_base_model(settings: Settings, db: PlatformStore, log: dg.DagsterLogM
 
 
 def wait_for(
-    backend: FineTuningBackend, job_id: str, say: Say, deadline_s: float, poll_seconds: float = POLL_SECONDS
+    backend: FineTuningBackend,
+    job_id: str,
+    say: Say,
+    deadline_s: float,
+    poll_seconds: float = POLL_SECONDS,
+    backoff: float = 1.0,
+    max_poll_seconds: float | None = None,
 ) -> None:
-    """Poll a remote job until it ends, saying each time how long it has run and how long the deadline leaves."""
+    """Poll a remote job until it ends, saying each time how long it has run and how long the deadline leaves.
+
+    Each wait is `backoff` times the last, up to `max_poll_seconds`. At the deadline the job is left running:
+    a rerun re-attaches to it.
+    """
     started = time.monotonic()
     state = backend.poll(job_id)
     polls = 1
     while state.status not in TERMINAL_STATUSES:
         elapsed = time.monotonic() - started
         if elapsed > deadline_s:
-            raise dg.Failure(f"fine-tuning job {job_id} still {state.status} after {deadline_s:.0f} s")
+            raise dg.Failure(
+                f"fine-tuning job {job_id} still {state.status} after {deadline_s:.0f} s; it keeps running at the "
+                "provider, and materializing fine_tuned_model again re-attaches to it"
+            )
         time.sleep(poll_seconds)
         state = backend.poll(job_id)
         polls += 1
@@ -84,6 +101,22 @@ def wait_for(
             f"job {job_id}: {state.status} after {format_duration(elapsed)} (poll {polls}, every "
             f"{format_duration(poll_seconds)}; gives up in {format_duration(deadline_s - elapsed)})"
         )
+        poll_seconds = min(poll_seconds * backoff, max_poll_seconds or math.inf)
+
+
+def log_curves(
+    run_id: str, losses: list[tuple[int, float]], validation_losses: list[tuple[int, float]], chunk: int = 1000
+) -> None:
+    """`train_loss` and `validation_loss` per step into the active MLflow run, batched (MLflow's limit: 1000)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric("train_loss", v, now, s) for s, v in losses]
+    metrics += [Metric("validation_loss", v, now, s) for s, v in validation_losses]
+    client = MlflowClient()
+    for first in range(0, len(metrics), chunk):
+        client.log_batch(run_id, metrics=metrics[first : first + chunk])
 
 
 @cycle_asset(
@@ -97,6 +130,7 @@ def fine_tuned_model(
     pipeline: PipelineConfigResource,
     store: StoreResource,
     tracking: TrackingResource,
+    openai: OpenAIResource,
 ) -> dg.MaterializeResult:
     """Fine-tune the candidate. A retried run re-attaches to the job it started (same dataset + config)."""
     settings = pipeline.get()
@@ -111,7 +145,8 @@ def fine_tuned_model(
     holdout = db.load_examples(dataset["dataset_id"], "holdout")
     validation = holdout[: settings.evaluation.max_holdout_examples]
     base_identity = ensure_base_model(settings, db, context.log)
-    backend = make_backend(settings.backend, settings.resolved_state_dir())
+    backend = openai.backend(settings, db)
+    remote = settings.backend == "openai"
     spec = TrainingSpec(
         job_key=hashlib.sha256(
             f"{dataset['dataset_hash']}:{config_hash(settings)}:{base_identity}".encode()
@@ -119,15 +154,36 @@ def fine_tuned_model(
         base_model=settings.base_model,
         train=train,
         validation=validation,
-        hyperparameters=settings.training.model_dump(),
+        hyperparameters=settings.openai.hyperparameters.model_dump() if remote else settings.training.model_dump(),
         suffix=f"cycle-{context.partition_key}",
-        metadata={"partition": context.partition_key, "dataset_hash": dataset["dataset_hash"]},
+        metadata={
+            "partition": context.partition_key,
+            "dataset_hash": dataset["dataset_hash"],
+            "config_hash": config_hash(settings),
+        },
     )
     with tracking.run(context, step="fine_tuned_model") as mlflow_run:
         say = reporter(context.log.info)
-        state = backend.start(spec, progress=say)
-        wait_for(backend, state.job_id, say, deadline_s=24 * 3600)
-        result = backend.result(state.job_id)
+        try:
+            state = backend.start(spec, progress=say)
+            if remote:
+                wait_for(
+                    backend,
+                    state.job_id,
+                    say,
+                    deadline_s=settings.openai.job_deadline_hours * 3600,
+                    poll_seconds=settings.openai.poll_interval_seconds,
+                    backoff=settings.openai.poll_backoff,
+                    max_poll_seconds=settings.openai.max_poll_interval_seconds,
+                )
+            else:
+                wait_for(backend, state.job_id, say, deadline_s=24 * 3600)
+            result = backend.result(state.job_id)
+        except Exception as exc:
+            failure = backend_failure(backend, exc)
+            if failure is None:
+                raise
+            raise failure from None
         mlflow_run.log_params(
             {
                 "backend": settings.backend,
@@ -138,12 +194,17 @@ def fine_tuned_model(
                 **{f"hp_{k}": v for k, v in spec.hyperparameters.items()},
             }
         )
-        for step, loss in result.losses:
-            mlflow_run.log_metric("train_loss", loss, step=step)
-        for step, loss in result.validation_losses:
-            mlflow_run.log_metric("validation_loss", loss, step=step)
+        if remote:  # a remote job reports a loss for every step (thousands): one batched call per 1000
+            log_curves(mlflow_run.active_run().info.run_id, result.losses, result.validation_losses)
+        else:
+            for step, loss in result.losses:
+                mlflow_run.log_metric("train_loss", loss, step=step)
+            for step, loss in result.validation_losses:
+                mlflow_run.log_metric("validation_loss", loss, step=step)
         if result.artifact_uri and Path(result.artifact_uri).is_dir():
             mlflow_run.log_artifacts(result.artifact_uri, artifact_path="adapter")
+        if remote:  # trained tokens, cost, final accuracies from the results CSV
+            mlflow_run.log_metrics({k: v for k, v in result.metrics.items() if math.isfinite(v)})
         mlflow_run_id = mlflow_run.active_run().info.run_id
     model_id = result.model_id or f"failed:{result.job_id}"
     db.record_model(
@@ -169,6 +230,20 @@ def fine_tuned_model(
         cost_usd=result.metrics.get("cost_usd", 0.0),
         warn=context.log.warning,
     )
+    if remote and result.status != "succeeded":  # OpenAI's code, message and param; nothing downstream runs
+        raise dg.Failure(
+            description=f"fine-tuning job {result.job_id} {result.status}: {result.error}",
+            metadata={"job_id": result.job_id, "status": result.status, "error": result.error or ""},
+        )
+    remote_metadata: dict[str, Any] = (
+        {
+            "cost_usd": result.metrics.get("cost_usd", float("nan")),
+            "openai_metrics": dg.MetadataValue.json(result.metrics),
+            "hyperparameters": dg.MetadataValue.json(spec.hyperparameters),
+        }
+        if remote
+        else {}
+    )
     final_loss = result.losses[-1][1] if result.losses else float("nan")
     return dg.MaterializeResult(
         metadata={
@@ -188,6 +263,7 @@ def fine_tuned_model(
                 image_markdown(loss_curves_plot(result.losses, result.validation_losses), "loss curves")
             ),
             "mlflow_run_id": mlflow_run_id,
+            **remote_metadata,
         },
         check_results=fine_tune_results(result),
     )

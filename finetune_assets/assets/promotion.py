@@ -2,11 +2,18 @@
 
 import dagster as dg
 
+from finetune_assets.experiments.lifecycle import publish_routing
 from finetune_assets.k8s import k8s_resources
 from finetune_assets.partitions import cycle_asset
+from finetune_assets.resources.cache import RedisResource
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.store import StoreResource
 from finetune_assets.resources.tracking import CHAMPION_ALIAS, TrackingResource
+
+
+def _tag(value: float | None) -> str:
+    """A score as a registry tag; n/a where the backend's API cannot compute it (OpenAI: no held-out loss)."""
+    return "n/a" if value is None else f"{value:.6f}"
 
 
 @cycle_asset(
@@ -19,8 +26,10 @@ def production_model(
     pipeline: PipelineConfigResource,
     store: StoreResource,
     tracking: TrackingResource,
+    redis: RedisResource,
 ) -> dg.MaterializeResult:
-    """Register the candidate with its lineage tags; on a win, move `champion` to it (previous one recorded)."""
+    """Register the candidate with its lineage tags; on a win, move `champion` to it (previous one recorded)
+    and tell the content app's routers."""
     settings = pipeline.get()
     db = store.get()
     experiment = db.latest_experiment(context.partition_key)
@@ -46,7 +55,7 @@ def production_model(
         "ab_decision": str(experiment["decision"]),
         "ab_reason": str(experiment["reason"]),
         "ab_lift": f"{details.get('lift')}",
-        "eval_candidate_heldout_loss": f"{evaluation['scores']['candidate']['heldout_loss']:.6f}",
+        "eval_candidate_heldout_loss": _tag(evaluation["scores"]["candidate"].get("heldout_loss")),
         "eval_candidate_predicted_engagement": f"{evaluation['scores']['candidate']['predicted_engagement']:.6f}",
         "eval_champion_predicted_engagement": f"{evaluation['scores']['champion']['predicted_engagement']:.6f}",
     }
@@ -65,6 +74,7 @@ def production_model(
         promoted=promote,
     )
     in_production = db.production_model(default=settings.base_model)
+    publish_routing(redis, db, settings.base_model, context.log.warning)
     context.log.info(
         f"{'promoted' if promote else 'kept'}: {in_production} serves traffic "
         f"(registry {version.name} v{version.version}{', alias ' + CHAMPION_ALIAS if promote else ''})"

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from scipy import optimize, special
+from scipy import special
 
 from finetune_assets.experiments.guardrails import Guardrail, NonInferiorityResult, non_inferiority
 from finetune_assets.experiments.monitor import MIN_ENGAGEMENTS_PER_ARM, MIN_USERS_PER_ARM, MonitorResult
@@ -373,6 +373,8 @@ def power_gate(
 
         def gap(m: float) -> float:
             return _power(p1, sign * m, de, imps_c, imps_t, z_alpha) - power
+
+        from scipy import optimize  # ~0.5 s to import: only where a launch needs it, not at definitions load
 
         mde_at: float | None = None
         if gap(top) > 0:

@@ -426,89 +426,6 @@ def check_srm(
     return SrmResult(status, p, tuple(int(c) for c in counts), tuple(float(w) for w in weights), message)
 
 
-# --- Promotion rule -------------------------------------------------------------------------------
-
-
-def _pct(x: float, digits: int = 1) -> str:
-    """+4.1% / −1.2% (typographic minus, for people)."""
-    return f"{x * 100:+.{digits}f}%".replace("-", "−")
-
-
-DecisionCode = Literal["win", "not_significant", "worse", "srm", "too_few_users", "no_data"]
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Promote the candidate or keep production, with the reason in words and the numbers behind it."""
-
-    action: Literal["promote", "keep"]
-    reason: str
-    code: DecisionCode
-    n_control: int
-    n_treatment: int
-    srm: SrmResult
-    lift: LiftEstimate | None = None
-
-
-def decide(
-    control: ArmSums,
-    treatment: ArmSums,
-    *,
-    alpha: float = 0.05,
-    min_users_per_arm: int = 100,
-    srm_threshold: float = SRM_THRESHOLD,
-    split: float = 0.5,
-) -> Decision:
-    """Final-look promotion rule (§1 step 3): promote iff SRM passes, each arm has enough users and the
-    lower bound of the two-sided (1 − alpha) CI of the relative lift is > 0 (≡ one-sided test at
-    alpha/2 = 0.025). Anything else keeps production. ``split`` is the configured treatment share.
-    """
-    _check_alpha(alpha)
-    _check_alpha(srm_threshold, "srm_threshold")
-    if not (isinstance(split, int | float) and 0.0 < split < 1.0):
-        raise ValueError(f"split must be in (0, 1), got {split!r}")
-    if isinstance(min_users_per_arm, bool) or not isinstance(min_users_per_arm, int) or min_users_per_arm < 2:
-        raise ValueError(f"min_users_per_arm must be an int >= 2, got {min_users_per_arm!r}")
-    n_c, n_t = int(control.n), int(treatment.n)
-    srm = check_srm([n_c, n_t], [1.0 - split, split], threshold=srm_threshold)
-
-    def keep(code: DecisionCode, reason: str, lift: LiftEstimate | None = None) -> Decision:
-        return Decision("keep", reason, code, n_c, n_t, srm, lift)
-
-    # SRM first: a broken assignment invalidates every other number (§1 step 2, pitfall 9).
-    if srm.status == "mismatch":
-        expected = f"{(1 - split) * 100:.0f}/{split * 100:.0f}"
-        return keep(
-            "srm",
-            f"sample ratio mismatch p={srm.p_value:.2g} < {srm_threshold:g}: control {n_c:,} vs treatment "
-            f"{n_t:,} users, expected {expected}; the result cannot be trusted",
-        )
-    if min(n_c, n_t) < min_users_per_arm:
-        return keep(
-            "too_few_users",
-            f"not enough users: {min(n_c, n_t):,} < {min_users_per_arm:,} per arm (control {n_c:,}, treatment {n_t:,})",
-        )
-    if srm.status == "not_enough_traffic":
-        return keep("too_few_users", srm.message)
-    if control.sum_d <= 0 or treatment.sum_d <= 0 or control.sum_m <= 0:
-        return keep(
-            "no_data",
-            f"no measurable engagement rate: control {control.sum_m:,.0f}/{control.sum_d:,.0f}, "
-            f"treatment {treatment.sum_m:,.0f}/{treatment.sum_d:,.0f} engagements/impressions",
-        )
-    est = relative_lift(control, treatment, alpha=alpha)
-    summary = (
-        f"candidate lift {_pct(est.lift)} [{_pct(est.ci_low)}, {_pct(est.ci_high)}] "
-        f"({(1 - alpha) * 100:g}% CI, p={est.p_value:.2g}; engagement rate {est.treatment_rate:.2%} vs "
-        f"{est.control_rate:.2%})"
-    )
-    if est.ci_low > 0:
-        return Decision("promote", f"{summary}: significant improvement", "win", n_c, n_t, srm, est)
-    if est.ci_high < 0:
-        return keep("worse", f"{summary}: significantly worse", est)
-    return keep("not_significant", f"{summary}: not significant", est)
-
-
 # --- Sample size (§6) -----------------------------------------------------------------------------
 
 
@@ -545,8 +462,6 @@ __all__ = [
     "SRM_MIN_COUNT_PER_ARM",
     "SRM_THRESHOLD",
     "ArmSums",
-    "Decision",
-    "DecisionCode",
     "EffectEstimate",
     "LiftEstimate",
     "MeanSums",
@@ -554,7 +469,6 @@ __all__ = [
     "SrmStatus",
     "check_srm",
     "confidence_sequence",
-    "decide",
     "mean_and_variance",
     "proportion_variance",
     "relative_lift",

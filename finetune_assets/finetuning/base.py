@@ -87,6 +87,10 @@ class TrainingResult:
     error: str | None = None
 
 
+class LossUnavailable(NotImplementedError):
+    """The model cannot score given text (an API that only generates): evaluation compares without the loss."""
+
+
 class TextModel(Protocol):
     """A model that writes posts: used by evaluation and to serve A/B traffic."""
 
@@ -97,7 +101,10 @@ class TextModel(Protocol):
         ...
 
     def completion_loss(self, examples: Sequence[ChatExample]) -> float:
-        """Mean per-token negative log-likelihood of the assistant messages given their prompts."""
+        """Mean per-token negative log-likelihood of the assistant messages given their prompts.
+
+        Raises `LossUnavailable` where the model cannot score text (the OpenAI API).
+        """
         ...
 
 

@@ -9,21 +9,28 @@ Aggregations are pushed into SQL and large reads stream in chunks.
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 import sqlalchemy as sa
+from pydantic import Field
 from sqlalchemy.engine import Connection, Engine
 
 from finetune_assets.finetuning.base import ChatExample
 
 metadata = sa.MetaData()
+T = TypeVar("T")
+
+INDEX_ORDER_PLAN_OFF = ("enable_hashagg", "enable_seqscan", "enable_bitmapscan")
+"""Planner methods `arm_totals` turns off (for its own transaction only) so that Postgres streams the covering
+experiment index in order instead of hashing every user of a large experiment."""
 
 DATASET_ACTIVE = ("collected", "validated", "trained")
 """Datasets whose posts are taken: a rejected or superseded dataset gives its posts back."""
@@ -32,7 +39,7 @@ DATASET_ACTIVE = ("collected", "validated", "trained")
 def posts_table(name: str = "generated_posts", meta: sa.MetaData | None = None) -> sa.Table:
     """The content app's table. DDL and indexes are documented in the README ("Data model")."""
     meta = meta if meta is not None else sa.MetaData()
-    return sa.Table(
+    table = sa.Table(
         name,
         meta,
         sa.Column("post_id", sa.BigInteger, primary_key=True, autoincrement=False),
@@ -46,10 +53,36 @@ def posts_table(name: str = "generated_posts", meta: sa.MetaData | None = None) 
         sa.Column("impressions", sa.BigInteger, nullable=False),
         sa.Column("engagements", sa.BigInteger, nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        # Training collection scans organic posts in post_id order; A/B analysis groups one experiment's posts.
-        sa.Index(f"ix_{name}_organic", "experiment_id", "post_id"),
-        sa.Index(f"ix_{name}_experiment_user", "experiment_id", "variant", "user_id"),
+        # A/B analysis sums one experiment's posts per arm and user: covering, so Postgres reads the index alone,
+        # already grouped (`PlatformStore.arm_totals`).
+        sa.Index(
+            f"ix_{name}_experiment_user",
+            "experiment_id",
+            "variant",
+            "user_id",
+            postgresql_include=["impressions", "engagements"],
+        ),
     )
+    # Organic posts (never A/B traffic) by engagement rate, carrying the counts: the sensor's count and the
+    # collection's candidate ids are index-only range scans over the qualifying posts, and the pool's aggregates
+    # index-only scans over all organic ones. The expression is `engagement_rate`'s, which the queries use.
+    organic = table.c.experiment_id.is_(None)
+    sa.Index(
+        f"ix_{name}_organic_rate",
+        engagement_rate(table.c),
+        table.c.post_id,
+        postgresql_include=["impressions", "engagements"],
+        postgresql_where=organic,
+        sqlite_where=organic,
+    )
+    return table
+
+
+def engagement_rate(c: Any) -> sa.ColumnElement[Any]:
+    """engagements / impressions in floating point, NULL without impressions: the rate the checks compute in
+    Python, so the boundary is the same on SQLite and Postgres (`engagements >= 0.06 * impressions` is exact
+    numeric arithmetic on Postgres, several times slower per row, and a rounded product on SQLite)."""
+    return sa.cast(c.engagements, sa.Float) / sa.cast(sa.func.nullif(c.impressions, 0), sa.Float)
 
 
 datasets = sa.Table(
@@ -136,6 +169,20 @@ promotions = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+uploaded_files = sa.Table(
+    "ft_uploaded_files",
+    metadata,
+    # A training file's content hash -> the id the provider gave it: the same bytes are never uploaded twice.
+    # Keyed by endpoint too: a file id is only valid at the API (OpenAI, an Azure resource) that issued it.
+    sa.Column("endpoint", sa.String(512), primary_key=True),
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("file_id", sa.String(128), nullable=False),
+    sa.Column("purpose", sa.String(32), nullable=False),
+    sa.Column("n_bytes", sa.BigInteger, nullable=False),
+    sa.Column("filename", sa.String(256), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -174,7 +221,28 @@ class ArmTotals:
     sum_md: float
 
 
-def make_engine(url: str) -> Engine:
+@dataclass(frozen=True)
+class EngineOptions:
+    """Connection pool and server-side limits for a Postgres engine (SQLite ignores them).
+
+    A process holds one engine per database (`_store_for`). A run worker or step pod uses one or two
+    connections at a time and the code server's sensor threads (4) one each, so 5 pooled + 5 overflow
+    connections per process are ample; the server needs about 10 x (pods + code servers) connections.
+    `pool_pre_ping` replaces connections that died while idle (a restarted server, a proxy timeout) and
+    `pool_recycle` retires them before common idle cutoffs. `statement_timeout_s` is sent as the session's
+    `statement_timeout`: a runaway query fails instead of holding a run or a sensor tick forever (each FETCH of
+    a streamed read is its own statement). 0 disables it.
+    """
+
+    pool_size: int = 5
+    max_overflow: int = 5
+    pool_timeout_s: float = 30.0
+    pool_recycle_s: int = 1800
+    statement_timeout_s: float = 300.0
+    connect_timeout_s: int = 10
+
+
+def make_engine(url: str, options: EngineOptions | None = None) -> Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 30})
 
@@ -186,7 +254,29 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800)
+    options = options or EngineOptions()
+    parsed = sa.make_url(url)
+    if parsed.drivername == "postgresql":  # SQLAlchemy 2.1 would pick psycopg 3; we ship psycopg2
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg2":
+        # The URL's own `options` (e.g. ?options=-c%20search_path%3Dapp) are kept: ours come after them.
+        server_options = [str(parsed.query["options"])] if "options" in parsed.query else []
+        server_options.append(f"-c statement_timeout={int(options.statement_timeout_s * 1000)}")
+        connect_args = {
+            "options": " ".join(server_options),
+            "connect_timeout": options.connect_timeout_s,
+            "application_name": "finetune-assets",
+        }
+    return sa.create_engine(
+        parsed,
+        connect_args=connect_args,
+        pool_pre_ping=True,
+        pool_size=options.pool_size,
+        max_overflow=options.max_overflow,
+        pool_timeout=options.pool_timeout_s,
+        pool_recycle=options.pool_recycle_s,
+    )
 
 
 class PlatformStore:
@@ -198,8 +288,41 @@ class PlatformStore:
         metadata.create_all(engine, checkfirst=True)
 
     @classmethod
-    def from_url(cls, url: str, posts_table_name: str = "generated_posts") -> PlatformStore:
-        return cls(make_engine(url), posts_table_name)
+    def from_url(
+        cls, url: str, posts_table_name: str = "generated_posts", options: EngineOptions | None = None
+    ) -> PlatformStore:
+        return cls(make_engine(url, options), posts_table_name)
+
+    def retrying_transaction(
+        self,
+        work: Callable[[Connection], T],
+        *,
+        what: str,
+        attempts: int = 3,
+        backoff_s: float = 0.5,
+        log: Callable[[str], object] | None = None,
+    ) -> T:
+        """Run `work` in one transaction; if the connection is lost (server restarted, backend terminated, a
+        proxy cut it), the transaction is rolled back and `work` runs again on a fresh connection, at most
+        `attempts` times in all. `work` must read everything it writes from the database inside the
+        transaction, so a retry sees the same rows and commits all or nothing, once. Only lost connections are
+        retried: a failing statement, a constraint or a statement timeout is raised at once."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except sa.exc.DBAPIError as exc:
+                if not exc.connection_invalidated or attempt >= attempts:
+                    raise
+                delay = backoff_s * 2 ** (attempt - 1)
+                cause = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+                if log is not None:
+                    log(
+                        f"{what}: database connection lost ({cause}); the transaction was rolled back, "
+                        f"retrying in {delay:.1f} s (attempt {attempt + 1} of {attempts})"
+                    )
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _first(self, query: sa.Select[Any]) -> dict[str, Any] | None:
         """The query's first row as a plain dict with aware UTC datetimes, or None."""
@@ -244,9 +367,13 @@ class PlatformStore:
         )
         return sa.and_(self.posts.c.experiment_id.is_(None), ~sa.exists(taken))
 
+    def _rate_below(self, engagement_threshold: float) -> sa.ColumnElement[bool]:
+        return engagement_rate(self.posts.c) < sa.cast(sa.literal(engagement_threshold), sa.Float)
+
     def _qualifying(self, min_impressions: int, engagement_threshold: float) -> sa.ColumnElement[bool]:
         p = self.posts.c
-        return sa.and_(p.impressions >= min_impressions, p.engagements >= engagement_threshold * p.impressions)
+        rate_ok = engagement_rate(p) >= sa.cast(sa.literal(engagement_threshold), sa.Float)
+        return sa.and_(p.impressions >= min_impressions, rate_ok)
 
     def pool_counts(
         self, min_impressions: int, engagement_threshold: float, conn: Connection | None = None
@@ -260,10 +387,7 @@ class PlatformStore:
             sa.func.sum(
                 sa.case(
                     (
-                        sa.and_(
-                            p.impressions >= min_impressions,
-                            p.engagements < engagement_threshold * p.impressions,
-                        ),
+                        sa.and_(p.impressions >= min_impressions, self._rate_below(engagement_threshold)),
                         1,
                     ),
                     else_=0,
@@ -321,27 +445,52 @@ class PlatformStore:
             count, newest = conn.execute(query).one()
         return int(count or 0), (int(newest) if newest is not None else None)
 
-    def iter_candidate_posts(
-        self, conn: Connection, min_impressions: int, engagement_threshold: float, chunk_size: int = 1000
-    ) -> Iterator[dict[str, Any]]:
-        """Stream untaken qualifying organic posts in post_id order, `chunk_size` rows at a time."""
-        query = (
+    def candidate_posts_query(self, min_impressions: int, engagement_threshold: float) -> sa.Select[Any]:
+        """The untaken qualifying organic posts, whole rows in post_id order: what a collection reads."""
+        return (
             sa.select(self.posts)
             .where(self._unused_organic(), self._qualifying(min_impressions, engagement_threshold))
             .order_by(self.posts.c.post_id)
         )
-        # Per statement: Connection.execution_options() would switch every later statement to a server cursor.
-        result = conn.execute(query.execution_options(stream_results=True, yield_per=chunk_size))
-        for row in result.mappings():
-            yield dict(row)
 
-    def trained_content_hashes(self, conn: Connection) -> frozenset[str]:
-        query = (
-            sa.select(ledger.c.content_hash)
-            .join(datasets, datasets.c.dataset_id == ledger.c.dataset_id)
-            .where(ledger.c.role == "train", datasets.c.status == "trained")
-        )
-        return frozenset(h for (h,) in conn.execute(query) if h)
+    def iter_candidate_posts(
+        self, conn: Connection, min_impressions: int, engagement_threshold: float, chunk_size: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        """Stream untaken qualifying organic posts in post_id order, `chunk_size` rows at a time.
+
+        Two steps: the ids stream from an index-only range scan of `ix_<table>_organic_rate` (the filter needs
+        only what it carries), then each chunk's rows are read by primary key: only candidates' rows are read,
+        and the sort is of ids, not of whole rows."""
+        p = self.posts.c
+        ids = self.candidate_posts_query(min_impressions, engagement_threshold).with_only_columns(p.post_id)
+        if conn.dialect.name == "postgresql":
+            # A cursor is planned for its first rows (cursor_tuple_fraction 0.1): a primary-key walk that reads
+            # the heap. All ids are read, so plan for all of them: the index-only range scan, then a sort.
+            conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
+        # Per statement: Connection.execution_options() would switch every later statement to a server cursor.
+        stream = conn.execute(ids.execution_options(stream_results=True, yield_per=chunk_size))
+        for chunk in stream.partitions():
+            rows = sa.select(self.posts).where(p.post_id.in_([post_id for (post_id,) in chunk])).order_by(p.post_id)
+            for row in conn.execute(rows).mappings():
+                yield dict(row)
+
+    def trained_hashes_among(self, conn: Connection, hashes: Sequence[str]) -> frozenset[str]:
+        """Which of `hashes` an example already trained on has: one indexed lookup per 1,000 hashes, so memory
+        stays bounded by the batch, not by the training history."""
+        found: set[str] = set()
+        unique = sorted(set(hashes))
+        for start in range(0, len(unique), 1000):
+            query = (
+                sa.select(ledger.c.content_hash)
+                .join(datasets, datasets.c.dataset_id == ledger.c.dataset_id)
+                .where(
+                    ledger.c.content_hash.in_(unique[start : start + 1000]),
+                    ledger.c.role == "train",
+                    datasets.c.status == "trained",
+                )
+            )
+            found.update(h for (h,) in conn.execute(query))
+        return frozenset(found)
 
     def history_for_predictor(self, min_impressions: int, limit: int = 20000) -> list[tuple[str, int, int]]:
         """Recent organic posts with sound counts, never a holdout post: the predictor's training data."""
@@ -622,6 +771,15 @@ class PlatformStore:
                 )
             )
 
+    def set_coverage(self, experiment_id: str, coverage: float) -> None:
+        """Ramp a running experiment's coverage (validated by the caller: only up, within a phase)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                experiments.update()
+                .where(experiments.c.experiment_id == experiment_id, experiments.c.status == "running")
+                .values(coverage=coverage)
+            )
+
     def annotate_experiment(self, experiment_id: str, **details: Any) -> None:
         """Merge facts about the experiment (e.g. where its traffic came from) into its details."""
         with self.engine.begin() as conn:
@@ -634,23 +792,26 @@ class PlatformStore:
                 .values(details={**(current or {}), **details})
             )
 
-    def arm_totals(self, experiment_id: str, until: datetime | None = None) -> dict[str, ArmTotals]:
-        """Per-user sums, then per-arm sums of them, all in SQL: no impression row reaches Python.
+    def _per_user_totals(
+        self, where: sa.ColumnElement[bool], by_variant: bool, index_order: bool = False
+    ) -> dict[str, ArmTotals]:
+        """Per-user sums, then sums of them (per variant, or one row keyed ""), all in SQL.
 
-        `until` (exclusive) restricts them to the posts created before it: the experiment as it stood then.
+        `index_order`: on Postgres, read the covering experiment index in (variant, user) order and aggregate as
+        it streams (GroupAggregate), instead of hashing every user of a big experiment in memory; the planner
+        settings are local to this read-only transaction (bench/p4_outcome_analysis.py measures both plans).
         """
         p = self.posts.c
-        valid = sa.and_(p.impressions >= 0, p.engagements >= 0, p.engagements <= p.impressions)
-        if until is not None:
-            valid = sa.and_(valid, p.created_at < until)
+        valid = sa.and_(p.impressions >= 0, p.engagements >= 0, p.engagements <= p.impressions, where)
+        group = sa.literal("") if not by_variant else p.variant
         per_user = (
             sa.select(
-                p.variant.label("variant"),
+                group.label("variant"),
                 sa.cast(sa.func.sum(p.engagements), sa.Float).label("m"),
                 sa.cast(sa.func.sum(p.impressions), sa.Float).label("d"),
             )
-            .where(p.experiment_id == experiment_id, valid)
-            .group_by(p.variant, p.user_id)
+            .where(valid)
+            .group_by(*((p.variant,) if by_variant else ()), p.user_id)
             .subquery()
         )
         m, d = per_user.c.m, per_user.c.d
@@ -664,10 +825,30 @@ class PlatformStore:
             sa.func.sum(m * d),
         ).group_by(per_user.c.variant)
         with self.engine.connect() as conn:
+            if index_order and conn.dialect.name == "postgresql":
+                for setting in INDEX_ORDER_PLAN_OFF:
+                    conn.execute(sa.text(f"SET LOCAL {setting} = off"))
             return {
                 row[0]: ArmTotals(row[0], int(row[1]), *(float(v or 0.0) for v in row[2:]))
                 for row in conn.execute(query)
+                if row[1]
             }
+
+    def arm_totals(self, experiment_id: str, until: datetime | None = None) -> dict[str, ArmTotals]:
+        """Per-user sums, then per-arm sums of them, all in SQL: no impression row reaches Python.
+
+        `until` (exclusive) restricts them to the posts created before it: the experiment as it stood then.
+        """
+        p = self.posts.c
+        where = p.experiment_id == experiment_id
+        if until is not None:
+            where = sa.and_(where, p.created_at < until)
+        return self._per_user_totals(where, by_variant=True, index_order=True)
+
+    def traffic_history(self, since: datetime, until: datetime) -> ArmTotals | None:
+        """Every user's sums over the posts created in [since, until): the traffic forecast of the power gate."""
+        p = self.posts.c
+        return self._per_user_totals(sa.and_(p.created_at >= since, p.created_at < until), by_variant=False).get("")
 
     def experiment_of(self, model_id: str) -> dict[str, Any] | None:
         """The newest experiment that served `model_id` as the treatment."""
@@ -719,6 +900,29 @@ class PlatformStore:
             model_id = conn.execute(query).scalar()
         return str(model_id) if model_id else default
 
+    # -- files uploaded to a fine-tuning API -----------------------------------------------------------------
+
+    def uploaded_file(self, endpoint: str, sha256: str) -> str | None:
+        """The file id an earlier upload of these exact bytes got at `endpoint`, or None."""
+        query = sa.select(uploaded_files.c.file_id).where(
+            uploaded_files.c.endpoint == endpoint, uploaded_files.c.sha256 == sha256
+        )
+        with self.engine.connect() as conn:
+            file_id = conn.execute(query).scalar()
+        return str(file_id) if file_id else None
+
+    def remember_upload(
+        self, *, endpoint: str, sha256: str, file_id: str, purpose: str, n_bytes: int, filename: str
+    ) -> None:
+        """Record (or replace, when the provider lost the old one) the file id for these bytes."""
+        key = sa.and_(uploaded_files.c.endpoint == endpoint, uploaded_files.c.sha256 == sha256)
+        values = {"file_id": file_id, "purpose": purpose, "n_bytes": n_bytes, "filename": filename}
+        with self.engine.begin() as conn:
+            if not conn.execute(uploaded_files.update().where(key).values(**values)).rowcount:
+                conn.execute(
+                    uploaded_files.insert().values(endpoint=endpoint, sha256=sha256, created_at=utcnow(), **values)
+                )
+
 
 class ExperimentAlreadyRunning(RuntimeError):
     def __init__(self, experiment_id: str, ends_at: datetime) -> None:
@@ -736,6 +940,11 @@ class StoreResource(dg.ConfigurableResource):
     database_url: str | None = None
     posts_table: str = "generated_posts"
     state_dir: str = ".state"
+    pool_size: int = Field(default=5, ge=1, description="Postgres: connections kept in the pool per process.")
+    max_overflow: int = Field(default=5, ge=0, description="Postgres: extra connections opened under load.")
+    statement_timeout_s: float = Field(
+        default=300.0, ge=0, description="Postgres: the session's statement_timeout in seconds (0: none)."
+    )
 
     def url(self) -> str:
         if self.database_url:
@@ -745,10 +954,13 @@ class StoreResource(dg.ConfigurableResource):
         return f"sqlite:///{path / 'finetune.db'}"
 
     def get(self) -> PlatformStore:
-        return _store_for(self.url(), self.posts_table)
+        options = EngineOptions(
+            pool_size=self.pool_size, max_overflow=self.max_overflow, statement_timeout_s=self.statement_timeout_s
+        )
+        return _store_for(self.url(), self.posts_table, options)
 
 
 @lru_cache(maxsize=8)
-def _store_for(url: str, posts_table_name: str) -> PlatformStore:
+def _store_for(url: str, posts_table_name: str, options: EngineOptions | None = None) -> PlatformStore:
     """One engine (and pool) per process and database, as SQLAlchemy intends."""
-    return PlatformStore.from_url(url, posts_table_name)
+    return PlatformStore.from_url(url, posts_table_name, options)

@@ -23,8 +23,29 @@ import dagster as dg
 CHAMPION_ALIAS = "champion"
 
 
-class TrackingUnavailable(RuntimeError):
-    """The MLflow server cannot be reached: the message says which URI and what to check."""
+class TrackingUnavailable(dg.Failure, RuntimeError):
+    """The MLflow server cannot be reached: the message says which URI and what to check.
+
+    A `dg.Failure`, so the step fails with this description rather than a client library's traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(description=message)
+
+
+def _unreachable(exc: BaseException) -> BaseException | None:
+    """The connection-level error (refused, reset, timed out) behind `exc`, if that is what it is."""
+    import requests
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    found: BaseException | None = None
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
+            found = current
+        current = current.__cause__ or current.__context__
+    return found
 
 
 @dataclass(frozen=True)
@@ -64,6 +85,43 @@ def _client(uri: str) -> Any:
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+_ARTIFACT_SCHEMES = frozenset(
+    {"runs", "models", "mlflow-artifacts", "s3", "gs", "wasbs", "abfss", "hdfs", "dbfs", "http", "https", "ftp", "sftp"}
+)
+
+
+def _server_source(client: Any, source: str, run_id: str | None) -> str:
+    """A version source a tracking server accepts: it refuses local paths outside the run's artifacts and
+    bare model ids (`ft:...`). A local directory the run logged becomes `runs:/<run>/<dir>`; anything else
+    the run's artifact root (the model id stays in the `model_id` tag)."""
+    parts = urlsplit(source)
+    if parts.scheme in _ARTIFACT_SCHEMES or run_id is None:
+        return source
+    if parts.scheme in ("", "file"):
+        name = Path(parts.path if parts.scheme == "file" else source).name
+        if name and any(Path(a.path).name == name for a in client.list_artifacts(run_id)):
+            return f"runs:/{run_id}/{name}"
+    return str(client.get_run(run_id).info.artifact_uri)
+
+
+@contextmanager
+def _reaching(uri: str, doing: str) -> Iterator[None]:
+    """Turn "the server is not there" into one clear `TrackingUnavailable`; other errors pass unchanged."""
+    try:
+        yield
+    except TrackingUnavailable:
+        raise
+    except Exception as exc:
+        cause = _unreachable(exc)
+        if cause is None:
+            raise
+        raise TrackingUnavailable(
+            f"MLflow tracking server at {redact(uri)} is unreachable while {doing} ({type(cause).__name__}): "
+            "check that it is up and that MLFLOW_TRACKING_URI points at it, then retry the run; the retry "
+            "reuses anything already registered (never a second registry version)"
+        ) from exc
 
 
 class TrackingResource(dg.ConfigurableResource):
@@ -124,7 +182,8 @@ class TrackingResource(dg.ConfigurableResource):
 
         client = _client(self.uri())
         try:
-            version = client.get_model_version_by_alias(self.registered_model_name, CHAMPION_ALIAS)
+            with _reaching(self.uri(), f"reading the {CHAMPION_ALIAS!r} alias"):
+                version = client.get_model_version_by_alias(self.registered_model_name, CHAMPION_ALIAS)
         except MlflowException as exc:
             if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
                 return None
@@ -144,7 +203,8 @@ class TrackingResource(dg.ConfigurableResource):
         """The registry version registered for `model_id` (tag `model_id`), or None."""
         client = _client(self.uri())
         name = self.registered_model_name
-        found = client.search_model_versions(f"name='{name}' and tags.model_id='{model_id}'")
+        with _reaching(self.uri(), f"looking up {model_id} in the registry"):
+            found = client.search_model_versions(f"name='{name}' and tags.model_id='{model_id}'")
         # search results may omit aliases: read the version itself
         return self.get_version(str(found[0].version)) if found else None
 
@@ -154,10 +214,11 @@ class TrackingResource(dg.ConfigurableResource):
 
         client = _client(self.uri())
         try:
-            if version.isdigit():
-                found = client.get_model_version(self.registered_model_name, version)
-            else:
-                found = client.get_model_version_by_alias(self.registered_model_name, version)
+            with _reaching(self.uri(), f"reading version {version!r} of {self.registered_model_name!r}"):
+                if version.isdigit():
+                    found = client.get_model_version(self.registered_model_name, version)
+                else:
+                    found = client.get_model_version_by_alias(self.registered_model_name, version)
         except MlflowException:
             return None
         return _registered(self.registered_model_name, found)
@@ -168,24 +229,32 @@ class TrackingResource(dg.ConfigurableResource):
 
         client = _client(self.uri())
         name = self.registered_model_name
-        try:
-            client.get_registered_model(name)
-        except MlflowException:
-            client.create_registered_model(name, description="Post writer promoted by finetune-assets")
-        existing = client.search_model_versions(f"name='{name}' and tags.model_id='{model_id}'")
-        if existing:
-            version = existing[0]
-            for key, value in tags.items():
-                client.set_model_version_tag(name, version.version, key, value)
-        else:
-            version = client.create_model_version(name, source, run_id=run_id, tags={"model_id": model_id, **tags})
+        with _reaching(self.uri(), f"registering {model_id} as {name!r}"):
+            try:
+                client.get_registered_model(name)
+            except MlflowException as exc:
+                if _unreachable(exc) is not None:
+                    raise
+                client.create_registered_model(name, description="Post writer promoted by finetune-assets")
+            existing = client.search_model_versions(f"name='{name}' and tags.model_id='{model_id}'")
+            if existing:
+                version = existing[0]
+                for key, value in tags.items():
+                    client.set_model_version_tag(name, version.version, key, value)
+            else:
+                if urlsplit(self.uri()).scheme in ("http", "https"):
+                    source = _server_source(client, source, run_id)
+                version = client.create_model_version(name, source, run_id=run_id, tags={"model_id": model_id, **tags})
         merged = {**dict(version.tags or {}), "model_id": model_id, **tags}
         return RegisteredVersion(name, str(version.version), model_id, merged)
 
     def promote(self, version: RegisteredVersion, previous: RegisteredVersion | None, previous_id: str) -> None:
         """Move the `champion` alias; the version remembers what it replaced, for rollback."""
         client = _client(self.uri())
-        client.set_model_version_tag(version.name, version.version, "previous_champion", previous_id)
-        if previous is not None:
-            client.set_model_version_tag(version.name, version.version, "previous_champion_version", previous.version)
-        client.set_registered_model_alias(version.name, CHAMPION_ALIAS, version.version)
+        with _reaching(self.uri(), f"moving {CHAMPION_ALIAS!r} to {version.name} v{version.version}"):
+            client.set_model_version_tag(version.name, version.version, "previous_champion", previous_id)
+            if previous is not None:
+                client.set_model_version_tag(
+                    version.name, version.version, "previous_champion_version", previous.version
+                )
+            client.set_registered_model_alias(version.name, CHAMPION_ALIAS, version.version)

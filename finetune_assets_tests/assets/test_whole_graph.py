@@ -1,5 +1,6 @@
-"""The whole loop through Dagster on embedded defaults: real (small) training, simulated A/B traffic,
-the sensor firing at the window's end, the decision, and the registry. Slow by nature (~1 min)."""
+"""The whole loop through Dagster: real (small) training, simulated A/B traffic, the sensor firing at the
+window's end, the decision, and the registry. Slow by nature (~1 min). The main loop tracks, registers and moves
+the alias through the session's `mlflow server` and caches evaluation scores in the real Redis."""
 
 import json
 import shutil
@@ -14,7 +15,9 @@ from finetune_assets.definitions import defs
 from finetune_assets.demo import simulate_ab_traffic
 from finetune_assets.finetuning import make_backend
 from finetune_assets.finetuning.demo_base_model import DEMO_BASE_MODEL
+from finetune_assets.resources.cache import RedisResource
 from finetune_assets.resources.store import PlatformStore
+from finetune_assets.resources.tracking import TrackingResource
 from finetune_assets.sensors import ab_test_sensor
 from finetune_assets.settings import load_settings
 from finetune_assets.simulation import generate_corpus
@@ -40,11 +43,13 @@ def world(tmp_path: Path, state_dir: Path, store: PlatformStore, demo_base_model
     return write_config(tmp_path / "c.yaml", state_dir, **SMALL)
 
 
-def run(job: str, config: Path, state_dir: Path, instance: dg.DagsterInstance, now=NOW) -> dg.ExecuteInProcessResult:
+def run(
+    job: str, config: Path, state_dir: Path, instance: dg.DagsterInstance, now=NOW, **services: object
+) -> dg.ExecuteInProcessResult:
     return defs.resolve_job_def(job).execute_in_process(
         instance=instance,
         partition_key=CYCLE,
-        resources=resources_for(config, state_dir, now),
+        resources=resources_for(config, state_dir, now, **services),
         raise_on_error=False,
     )
 
@@ -56,17 +61,25 @@ def materialized(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
     }
 
 
+@pytest.mark.integration
 def test_the_whole_loop_promotes_through_the_sensor_and_registers_lineage(
-    world: Path, state_dir: Path, store: PlatformStore, instance: dg.DagsterInstance
+    world: Path,
+    state_dir: Path,
+    store: PlatformStore,
+    instance: dg.DagsterInstance,
+    mlflow_tracking: TrackingResource,
+    redis_resource: RedisResource,
 ) -> None:
     settings = load_settings(world)
-    cycle = run("finetune_cycle_job", world, state_dir, instance)
+    services = {"tracking": mlflow_tracking, "redis": redis_resource}
+    cycle = run("finetune_cycle_job", world, state_dir, instance, **services)
     assert cycle.success, [e.message for e in cycle.all_events if e.is_failure]
     assets = materialized(cycle)
     assert set(assets) == {"training_data", "fine_tuned_model", "evaluation_scores", "ab_test"}
     assert all(e.passed for e in cycle.get_asset_check_evaluations())
     assert assets["fine_tuned_model"]["status"] == "succeeded"
     assert assets["evaluation_scores"]["candidate_heldout_loss"] < assets["evaluation_scores"]["champion_heldout_loss"]
+    assert assets["evaluation_scores"]["cache"] == "redis" and assets["evaluation_scores"]["cache_misses"] > 0
 
     # A retried fine-tune re-attaches to its job: same model, no second training.
     result_file = state_dir / "jobs" / assets["fine_tuned_model"]["job_id"] / "result.json"
@@ -74,7 +87,7 @@ def test_the_whole_loop_promotes_through_the_sensor_and_registers_lineage(
     retry = dg.materialize(
         [fine_tuned_model],
         partition_key=CYCLE,
-        resources=resources_for(world, state_dir),
+        resources=resources_for(world, state_dir, **services),
         instance=instance,
     )
     assert materialized(retry)["fine_tuned_model"]["model_id"] == assets["fine_tuned_model"]["model_id"]
@@ -85,13 +98,15 @@ def test_the_whole_loop_promotes_through_the_sensor_and_registers_lineage(
     backend = make_backend("local", state_dir)
     assert simulate_ab_traffic(store, backend, settings, experiment, WORLD, progress=lambda _: None) > 100
 
-    sensor_resources = resources_for(world, state_dir, experiment["ends_at"])
-    early = ab_test_sensor(dg.build_sensor_context(instance=instance, resources=resources_for(world, state_dir)))
+    sensor_resources = resources_for(world, state_dir, experiment["ends_at"], **services)
+    early = ab_test_sensor(
+        dg.build_sensor_context(instance=instance, resources=resources_for(world, state_dir, **services))
+    )
     assert isinstance(early, dg.SkipReason)
     fired = ab_test_sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources))
     assert isinstance(fired, dg.RunRequest) and fired.partition_key == CYCLE
 
-    decision = run("ab_test_decision_job", world, state_dir, instance, now=experiment["ends_at"])
+    decision = run("ab_test_decision_job", world, state_dir, instance, now=experiment["ends_at"], **services)
     assert decision.success, [e.message for e in decision.all_events if e.is_failure]
     outcome = materialized(decision)
     assert outcome["ab_test_outcome"]["traffic_source"].startswith("simulated audience")
@@ -99,9 +114,11 @@ def test_the_whole_loop_promotes_through_the_sensor_and_registers_lineage(
     promoted = outcome["ab_test_outcome"]["decision"] == "promote"
     assert outcome["production_model"]["promoted"] is promoted
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{state_dir / 'mlflow.db'}")
-    name = settings.tracking.registered_model_name
+    client = MlflowClient(tracking_uri=mlflow_tracking.uri(), registry_uri=mlflow_tracking.uri())  # the server
+    assert not (state_dir / "mlflow.db").exists()  # nothing went to the embedded store
+    name = mlflow_tracking.registered_model_name
     [version] = client.search_model_versions(f"name='{name}'")
+    assert version.source == f"runs:/{version.run_id}/adapter"  # the adapter the fine-tune step logged
     assert version.tags["partition"] == CYCLE
     assert version.tags["dataset_hash"] == assets["training_data"]["dataset_hash"]
     assert version.tags["job_id"] == assets["fine_tuned_model"]["job_id"]
@@ -112,7 +129,7 @@ def test_the_whole_loop_promotes_through_the_sensor_and_registers_lineage(
         assert store.production_model(default="none") == experiment["treatment_model"]
 
     # A retried decision run neither registers twice nor moves anything.
-    again = run("ab_test_decision_job", world, state_dir, instance, now=experiment["ends_at"])
+    again = run("ab_test_decision_job", world, state_dir, instance, now=experiment["ends_at"], **services)
     assert again.success
     assert len(client.search_model_versions(f"name='{name}'")) == 1
 

@@ -24,10 +24,8 @@ from finetune_assets.experiments.statistics import (
     SRM_THRESHOLD,
     ArmSums,
     EffectEstimate,
-    LiftEstimate,
     check_srm,
     confidence_sequence,
-    decide,
     mean_and_variance,
     proportion_variance,
     relative_lift,
@@ -282,83 +280,6 @@ def test_check_srm_statuses() -> None:
 # --- decide ----------------------------------------------------------------------------------------
 
 
-def _pct(x: float) -> str:
-    return f"{x * 100:+.1f}%".replace("-", "−")
-
-
-def _arms(seed: int, n_c: int, n_t: int, lift: float) -> tuple[ArmSums, ArmSums]:
-    rng = np.random.default_rng(seed)
-    control = ArmSums.from_user_totals(*simulate_user_totals(rng, n_c, 0.0))
-    return control, ArmSums.from_user_totals(*simulate_user_totals(rng, n_t, lift))
-
-
-def _assert_reason_names_the_lift(reason: str, est: LiftEstimate | None) -> None:
-    assert est is not None
-    for value in (est.lift, est.ci_low, est.ci_high):
-        assert _pct(value) in reason, (value, reason)
-
-
-def test_decide_clear_win_promotes() -> None:
-    decision = decide(*_arms(1, 10_000, 10_000, 0.20))
-    assert decision.action == "promote"
-    assert decision.code == "win"
-    assert decision.lift is not None
-    assert decision.lift.ci_low > 0
-    _assert_reason_names_the_lift(decision.reason, decision.lift)
-    assert decision.reason.startswith("candidate lift +")
-    assert "significant improvement" in decision.reason
-
-
-def test_decide_clear_loss_keeps() -> None:
-    decision = decide(*_arms(2, 10_000, 10_000, -0.20))
-    assert (decision.action, decision.code) == ("keep", "worse")
-    _assert_reason_names_the_lift(decision.reason, decision.lift)
-    assert "candidate lift −" in decision.reason
-    assert "significantly worse" in decision.reason
-
-
-def test_decide_no_effect_keeps() -> None:
-    decision = decide(*_arms(3, 10_000, 10_000, 0.0))
-    assert (decision.action, decision.code) == ("keep", "not_significant")
-    assert decision.lift is not None
-    assert decision.lift.ci_low <= 0 <= decision.lift.ci_high
-    _assert_reason_names_the_lift(decision.reason, decision.lift)
-    assert decision.reason.endswith("not significant")
-
-
-def test_decide_srm_keeps_even_with_a_big_lift() -> None:
-    decision = decide(*_arms(4, 10_000, 9_000, 0.30))
-    assert (decision.action, decision.code) == ("keep", "srm")
-    assert decision.reason.startswith(f"sample ratio mismatch p={decision.srm.p_value:.2g}")
-    assert "10,000" in decision.reason
-    assert "9,000" in decision.reason
-    assert decision.lift is None
-
-
-def test_decide_respects_an_unequal_split() -> None:
-    # 80/20 by design is no SRM: a 20 % treatment split must not be read as a mismatch.
-    decision = decide(*_arms(5, 16_000, 4_000, 0.25), split=0.2)
-    assert decision.srm.passed
-    assert decision.action == "promote"
-    assert decide(*_arms(5, 16_000, 4_000, 0.25)).code == "srm"
-
-
-def test_decide_too_few_users_keeps() -> None:
-    decision = decide(*_arms(6, 60, 57, 0.5))
-    assert (decision.action, decision.code) == ("keep", "too_few_users")
-    assert decision.reason.startswith("not enough users: 57 < 100")
-    assert decision.lift is None
-
-
-def test_decide_alpha_is_two_sided() -> None:
-    # Promote ⇔ lower bound of the two-sided CI > 0 ⇔ one-sided p < alpha/2.
-    control, treatment = _arms(7, 10_000, 10_000, 0.06)
-    est = relative_lift(control, treatment)
-    for alpha in (0.01, 0.05, 0.2):
-        decision = decide(control, treatment, alpha=alpha)
-        assert (decision.action == "promote") == (est.lift > 0 and est.p_value < alpha)
-
-
 def test_required_impressions_per_arm_matches_reference_table() -> None:
     # §6 table (rounded there; we round up): 6 % baseline, two-sided 0.05, power 0.8.
     table = {
@@ -375,14 +296,12 @@ def test_required_impressions_per_arm_matches_reference_table() -> None:
 
 
 def test_bad_arguments_raise_value_error_naming_the_argument() -> None:
-    control, treatment = _arms(8, 200, 200, 0.0)
+    rng = np.random.default_rng(8)
+    control = ArmSums.from_user_totals(*simulate_user_totals(rng, 200, 0.0))
+    treatment = ArmSums.from_user_totals(*simulate_user_totals(rng, 200, 0.0))
     cases = [
         (lambda: relative_lift(control, treatment, alpha=0.0), "alpha"),
         (lambda: relative_lift(control, treatment, alpha=1.0), "alpha"),
-        (lambda: decide(control, treatment, alpha=1.5), "alpha"),
-        (lambda: decide(control, treatment, split=1.0), "split"),
-        (lambda: decide(control, treatment, min_users_per_arm=0), "min_users_per_arm"),
-        (lambda: decide(control, treatment, srm_threshold=0.0), "srm_threshold"),
         (lambda: ArmSums(-1, 0, 0, 0, 0, 0), "n"),
         (lambda: ArmSums(10, float("nan"), 1, 1, 1, 1), "sum_m"),
         (lambda: ArmSums(1, 1, 1, 1, 1, 1).ratio_variance(), "n"),
@@ -399,10 +318,8 @@ def test_bad_arguments_raise_value_error_naming_the_argument() -> None:
             call()
 
 
-def test_relative_lift_without_control_engagements_is_an_error_and_decide_keeps() -> None:
+def test_relative_lift_without_control_engagements_is_an_error() -> None:
     control = ArmSums(200, 0, 2000, 0, 30_000, 0)
     treatment = ArmSums(200, 120, 2000, 200, 30_000, 1500)
     with pytest.raises(ValueError, match="control rate"):
         relative_lift(control, treatment)
-    decision = decide(control, treatment)
-    assert (decision.action, decision.code) == ("keep", "no_data")

@@ -86,6 +86,26 @@ def test_selection_drops_duplicates_and_known_examples_and_counts_every_row() ->
     assert 5 < len(selection.holdout) < 40
 
 
+@pytest.mark.parametrize("batch_size", [1, 7, 1000])
+@pytest.mark.parametrize("max_examples", [None, 30])
+def test_a_batched_known_hash_lookup_selects_exactly_what_a_set_does(batch_size: int, max_examples: int | None) -> None:
+    rows = [row(i) for i in range(1, 61)] + [row(61, completion=row(5)["completion"]), row(62, engagements=900)]
+    rows += [row(i) for i in range(63, 80)]
+    known = frozenset(validate_post(row(i), LIMITS).content_hash for i in (7, 40, 70))  # type: ignore[union-attr]
+    asked: list[int] = []
+
+    def lookup(hashes: object) -> frozenset[str]:
+        asked.append(len(hashes))  # type: ignore[arg-type]
+        return known.intersection(hashes)  # type: ignore[arg-type]
+
+    expected = select_examples(rows, LIMITS, holdout_fraction=0.2, known_hashes=known, max_examples=max_examples)
+    batched = select_examples(
+        rows, LIMITS, holdout_fraction=0.2, known_hashes=lookup, max_examples=max_examples, batch_size=batch_size
+    )
+    assert (batched.train, batched.holdout, batched.rejected) == (expected.train, expected.holdout, expected.rejected)
+    assert max(asked) <= batch_size  # one lookup per batch, never the whole history
+
+
 def test_holdout_assignment_is_stable_and_near_its_fraction() -> None:
     share = sum(is_holdout(i, 0.15) for i in range(20000)) / 20000
     assert 0.14 < share < 0.16

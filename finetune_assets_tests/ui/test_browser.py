@@ -34,6 +34,7 @@ TRAINING_DATA_CHECKS = [
     "token_limit",
     "no_duplicates",
     "no_pii",
+    "cost_within_budget",
 ]
 PLOTS = {
     "training_data": "engagement_rate_plot",
@@ -123,7 +124,7 @@ def test_materialize_training_data_for_a_partition_and_see_its_checks_pass(page:
     run_id = page.url.split("/runs/")[1][:36]
     expect(page.get_by_text("Success", exact=True).first).to_be_visible(timeout=RUN_TIMEOUT_MS)
     expect(page.get_by_text(f"partition: {UI_PARTITION}")).to_be_visible()
-    expect(page.get_by_text("7 checks")).to_be_visible()
+    expect(page.get_by_text(f"{len(TRAINING_DATA_CHECKS)} checks")).to_be_visible()
     page.get_by_placeholder("Filter…").fill("type:ASSET_CHECK_EVALUATION")
     page.keyboard.press("Enter")
     for check in TRAINING_DATA_CHECKS:
@@ -132,7 +133,7 @@ def test_materialize_training_data_for_a_partition_and_see_its_checks_pass(page:
 
     page.goto("/assets/training_data")
     page.get_by_role("tab", name="Checks").click()
-    expect(page.get_by_text("Checks (7)")).to_be_visible()
+    expect(page.get_by_text(f"Checks ({len(TRAINING_DATA_CHECKS)})")).to_be_visible()
     for check in TRAINING_DATA_CHECKS:
         expect(page.get_by_text(check, exact=True).first).to_be_visible()
     expect(page.get_by_text("Succeeded", exact=True)).to_have_count(len(TRAINING_DATA_CHECKS))
