@@ -36,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,8 @@ import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from timing import timed  # noqa: E402  (bench/timing.py; scripts run from bench/)
 
 from finetune_assets.assets.training_data import collect_training_data  # noqa: E402
 from finetune_assets.resources.store import PlatformStore, make_engine  # noqa: E402
@@ -212,19 +213,6 @@ def pandas_once(url: str, settings: Settings) -> int:
         & ~posts["post_id"].isin(taken["post_id"])
     )
     return int(mask.sum())
-
-
-def timed(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per run: one warm-up each, then `repeats` alternating rounds."""
-    for run in runs.values():
-        run()
-    timings: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            run()
-            timings[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in timings.items()}
 
 
 def peak_rss_mb(url: str, what: str) -> tuple[float, float]:

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,24 +33,13 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from p1_collection import NOW, seed, text_pool
+from timing import timed
 
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.store import StoreResource, engagement_rate
 from finetune_assets.sensors import training_data_sensor
 from finetune_assets.settings import get_settings
-
-
-def timed(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    for run in runs.values():
-        run()
-    timings: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            run()
-            timings[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in timings.items()}
 
 
 def measure(url: str, dsn: str, repeats: int, label: str) -> None:

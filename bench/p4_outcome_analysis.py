@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import statistics
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import psycopg2
 import sqlalchemy as sa
+from timing import timed
 
 from finetune_assets.experiments.assignment import assign_many
 from finetune_assets.experiments.decision import FinalDecision, final_decision
@@ -155,19 +155,6 @@ BARE_ARM_SQL = (
 )
 
 
-def _timed(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per run: one warm-up each, then `repeats` rounds, alternating (same cache state)."""
-    for run in runs.values():
-        run()
-    timings: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            run()
-            timings[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in timings.items()}
-
-
 def _raw_query(engine: sa.Engine, sql: str, parameters: Any, plan_off: tuple[str, ...] = ()) -> Callable[[], object]:
     def run() -> object:
         raw = engine.raw_connection()
@@ -203,7 +190,7 @@ def measure(engine: sa.Engine, users: int, repeats: int, label: str) -> None:
     decision = analysis()
     sa.event.remove(engine, "before_cursor_execute", capture)
     per_user_sql, per_user_parameters = captured[-1]  # the exact statement arm_totals sends
-    medians = _timed(
+    medians = timed(
         {
             "bare per-arm": _raw_query(engine, BARE_ARM_SQL, {"e": EXPERIMENT}),
             "bare per-user": _raw_query(engine, per_user_sql, per_user_parameters, INDEX_ORDER_PLAN_OFF),
