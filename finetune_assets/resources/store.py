@@ -360,11 +360,10 @@ class PlatformStore:
             return int(conn.execute(sa.select(sa.func.max(self.posts.c.post_id))).scalar() or 0)
 
     def _unused_organic(self) -> sa.ColumnElement[bool]:
-        taken = (
-            sa.select(ledger.c.post_id)
-            .join(datasets, datasets.c.dataset_id == ledger.c.dataset_id)
-            .where(ledger.c.post_id == self.posts.c.post_id, datasets.c.status.in_(DATASET_ACTIVE))
-        )
+        """Organic posts with no ledger row. The ledger only ever holds rows of live datasets: a dataset that is
+        rejected or superseded deletes its rows in the same transaction (`reject_dataset`, `release_partition`),
+        so a primary-key probe of the ledger is enough — no join to the datasets on the sensor's hot path."""
+        taken = sa.select(ledger.c.post_id).where(ledger.c.post_id == self.posts.c.post_id)
         return sa.and_(self.posts.c.experiment_id.is_(None), ~sa.exists(taken))
 
     def _rate_below(self, engagement_threshold: float) -> sa.ColumnElement[bool]:
