@@ -29,7 +29,7 @@ from finetune_assets_tests.conftest import NOW, write_config
 from finetune_assets_tests.experiments.demo_traffic import DemoAudience
 
 WORLD = DemoWorldConfig(seed=11, n_users=2500, n_posts=3000)
-EXPERIMENTS = int(os.environ.get("AB_SIM_EXPERIMENTS", "200"))
+EXPERIMENTS = int(os.environ.get("AB_SIM_EXPERIMENTS", "150"))
 
 
 def simulate_experiment(
