@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from timing import best_of  # bench/timing.py
 
 from finetune_assets.experiments.assignment import assign_many, assign_variant
 
@@ -27,15 +28,6 @@ def best_per_call(run: Callable[[], int], calls: int, repeats: int) -> float:
         started = time.perf_counter()
         run()
         best = min(best, (time.perf_counter() - started) / calls)
-    return best
-
-
-def best_of(run: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
     return best
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import time
 from collections.abc import Callable
 from typing import Any
+
+from timing import best_of  # bench/timing.py
 
 from finetune_assets.finetuning.tokens import counter_for_model, preflight
 
@@ -46,15 +47,6 @@ def examples(n: int, seed: int = 5) -> list[dict[str, Any]]:
         }
         for i in range(n)
     ]
-
-
-def best_of(run: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def main() -> None:
