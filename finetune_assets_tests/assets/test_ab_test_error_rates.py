@@ -11,17 +11,20 @@ The audience is SIMULATED (`demo_traffic.py`): the candidate's true effect is a 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 
-from finetune_assets.experiments.lifecycle import conclude_experiment, launch_experiment, watch_experiment
+from finetune_assets.experiments import lifecycle
+from finetune_assets.experiments.lifecycle import conclude_experiment, watch_experiment
 from finetune_assets.resources.store import PlatformStore, StoreResource
 from finetune_assets.settings import Settings, load_settings
 from finetune_assets.simulation import DemoWorldConfig, generate_corpus
@@ -39,10 +42,12 @@ def simulate_experiment(
     db_file = workdir / f"experiment-{seed}.db"
     shutil.copyfile(template, db_file)
     db = PlatformStore.from_url(f"sqlite:///{db_file}")
+    salts = random.Random(seed)  # the experiment's salt (and id) from the seed: the run is reproducible
     try:
-        experiment = launch_experiment(
-            db, settings, partition_key="2026-11-15", candidate="ft:candidate", now=NOW, warn=lambda _: None
-        )
+        with mock.patch.object(lifecycle.secrets, "token_hex", lambda n: salts.randbytes(n).hex()):
+            experiment = lifecycle.launch_experiment(
+                db, settings, partition_key="2026-11-15", candidate="ft:candidate", now=NOW, warn=lambda _: None
+            )
         rows = audience.window_posts(
             experiment,
             treatment_multiplier=multiplier,
