@@ -50,9 +50,10 @@ sys.path.insert(0, str(REPO))
 from timing import timed  # noqa: E402  (bench/timing.py; scripts run from bench/)
 
 from finetune_assets.assets.training_data import collect_training_data  # noqa: E402
-from finetune_assets.resources.store import PlatformStore, make_engine  # noqa: E402
 from finetune_assets.settings import Settings, load_settings  # noqa: E402
 from finetune_assets.simulation import DemoWorldConfig, generate_corpus  # noqa: E402
+from finetune_assets.store.engine import make_engine  # noqa: E402
+from finetune_assets.store.platform import PlatformStore  # noqa: E402
 
 PARTITION = "2026-11-15"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

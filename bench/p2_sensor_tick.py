@@ -37,9 +37,10 @@ from timing import timed
 
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource
-from finetune_assets.resources.store import StoreResource, engagement_rate
+from finetune_assets.resources.store import StoreResource
 from finetune_assets.sensors import training_data_sensor
 from finetune_assets.settings import get_settings
+from finetune_assets.store.schema import engagement_rate
 
 
 def measure(url: str, dsn: str, repeats: int, label: str) -> None:

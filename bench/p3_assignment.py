@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 from timing import best_of  # bench/timing.py
 
-from finetune_assets.experiments.assignment import assign_many, assign_variant
+from finetune_assets.experiments.runtime.assignment import assign_many, assign_variant
 
 SALT = "exp-2026-01-04-a1b2c3:1"
 SPLIT, COVERAGE = 0.5, 0.8

@@ -32,12 +32,14 @@ import psycopg2
 import sqlalchemy as sa
 from timing import timed
 
-from finetune_assets.experiments.assignment import assign_many
-from finetune_assets.experiments.decision import FinalDecision, final_decision
-from finetune_assets.experiments.guardrails import default_guardrails
-from finetune_assets.experiments.monitor import monitor
-from finetune_assets.experiments.statistics import ArmSums
-from finetune_assets.resources.store import INDEX_ORDER_PLAN_OFF, PlatformStore, make_engine
+from finetune_assets.experiments.policy.decision import FinalDecision, final_decision
+from finetune_assets.experiments.policy.guardrails import default_guardrails
+from finetune_assets.experiments.policy.monitor import monitor
+from finetune_assets.experiments.runtime.assignment import assign_many
+from finetune_assets.experiments.stats.statistics import ArmSums
+from finetune_assets.store.engine import make_engine
+from finetune_assets.store.platform import PlatformStore
+from finetune_assets.store.schema import INDEX_ORDER_PLAN_OFF
 
 EXPERIMENT = "exp-p4-bench"
 SALT = "exp-p4-bench:1"

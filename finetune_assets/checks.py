@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from finetune_assets.experiments.sequential import SEQUENTIAL_SRM_ALPHA
+from finetune_assets.experiments.stats.sequential import SEQUENTIAL_SRM_ALPHA
 from finetune_assets.finetuning.base import TrainingResult
 from finetune_assets.finetuning.dataset import (
     ValidPost,

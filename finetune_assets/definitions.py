@@ -13,8 +13,8 @@ import os
 import dagster as dg
 
 from finetune_assets.assets import ALL_ASSETS
+from finetune_assets.deployment.k8s import select_executor
 from finetune_assets.jobs import ab_test_decision_job, finetune_cycle_job
-from finetune_assets.k8s import select_executor
 from finetune_assets.resources.cache import RedisResource
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource

@@ -8,10 +8,10 @@ import urllib.request
 
 import dagster as dg
 
-from finetune_assets.experiments.lifecycle import early_stop, watch_experiment
+from finetune_assets.experiments.runtime.lifecycle import early_stop, watch_experiment
 from finetune_assets.jobs import ab_test_decision_job, finetune_cycle_job
-from finetune_assets.observability import report_monitor, report_qualifying, report_run_failure, report_run_request
 from finetune_assets.partitions import current_cycle, weekly_cycle_partitions
+from finetune_assets.reporting.metrics import report_monitor, report_qualifying, report_run_failure, report_run_request
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.store import StoreResource

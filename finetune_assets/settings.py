@@ -17,13 +17,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from finetune_assets.errors import FinetuneAssetsError
+
 CONFIG_ENV = "FINETUNE_CONFIG"
 STATE_DIR_ENV = "FINETUNE_STATE_DIR"
 ENV_PREFIX = "FINETUNE_"
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "pipeline_config.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(FinetuneAssetsError, ValueError):
     """A user's configuration mistake: the message is meant to be shown as is, without a traceback."""
 
 

@@ -14,10 +14,11 @@ from finetune_assets.resources.cache import RedisResource
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.openai import OpenAIResource
-from finetune_assets.resources.store import PlatformStore, StoreResource
+from finetune_assets.resources.store import StoreResource
 from finetune_assets.resources.tracking import TrackingResource
 from finetune_assets.settings import Settings, load_settings
 from finetune_assets.simulation import DemoWorldConfig, generate_corpus
+from finetune_assets.store.platform import PlatformStore
 
 # Service fixtures live in their own modules: the OpenAI-compatible test server, the MLflow tracking server,
 # Postgres and Redis isolation.

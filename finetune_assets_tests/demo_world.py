@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from finetune_assets.demo import QUIET_RUN_CONFIG, simulate_ab_traffic
+from finetune_assets.cli.demo import QUIET_RUN_CONFIG, simulate_ab_traffic
 from finetune_assets.finetuning import make_backend
 from finetune_assets.finetuning.dataset import parse_prompt
 from finetune_assets.finetuning.demo_base_model import (
@@ -23,7 +23,7 @@ from finetune_assets.finetuning.demo_base_model import (
     ensure_demo_base_model,
     format_chat_for_pretraining,
 )
-from finetune_assets.progress import to_terminal
+from finetune_assets.reporting.progress import to_terminal
 from finetune_assets.resources.store import StoreResource
 from finetune_assets.sensors import ab_test_sensor
 from finetune_assets.settings import load_settings
@@ -70,7 +70,7 @@ class DemoInstance:
     experiment_id: str
     promoted: bool
     progress_lines: tuple[str, ...] = ()
-    """What `finetune-assets demo` would have printed from inside the cycle run (finetune_assets.progress)."""
+    """What `finetune-assets demo` would have printed from inside the cycle run (finetune_assets.reporting.progress)."""
 
     def env(self) -> dict[str, str]:
         """The environment a person's shell has after `make demo`, pointed at this instance."""

@@ -7,8 +7,8 @@ from pathlib import Path
 import dagster as dg
 
 from finetune_assets.definitions import defs
-from finetune_assets.resources.store import PlatformStore
 from finetune_assets.sensors import ab_test_sensor, training_data_sensor
+from finetune_assets.store.platform import PlatformStore
 from finetune_assets_tests.conftest import NOW, resources_for, seed, start_experiment, write_config
 
 

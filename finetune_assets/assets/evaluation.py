@@ -5,14 +5,14 @@ from typing import Any
 import dagster as dg
 
 from finetune_assets.checks import EVALUATION_CHECKS, candidate_not_worse
+from finetune_assets.deployment.k8s import model_step_resources
 from finetune_assets.evaluation.judge import judge_with
 from finetune_assets.evaluation.predictor import SCORER_VERSION, LazyPredictor
 from finetune_assets.evaluation.scoring import LazyModel, comparison_table, predicted_engagement, score_model
-from finetune_assets.k8s import model_step_resources
-from finetune_assets.observability import report_evaluation
 from finetune_assets.partitions import cycle_asset
-from finetune_assets.progress import reporter
-from finetune_assets.reporting import evaluation_plot, image_markdown
+from finetune_assets.reporting.metadata import evaluation_plot, image_markdown
+from finetune_assets.reporting.metrics import report_evaluation
+from finetune_assets.reporting.progress import reporter
 from finetune_assets.resources.cache import RedisResource
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.openai import OpenAIResource, backend_failure

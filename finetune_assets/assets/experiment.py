@@ -13,8 +13,9 @@ from typing import Any
 import dagster as dg
 
 from finetune_assets.checks import AB_TEST_OUTCOME_CHECKS, enough_data, no_sample_ratio_mismatch
-from finetune_assets.experiments.decision import FinalDecision
-from finetune_assets.experiments.lifecycle import (
+from finetune_assets.deployment.k8s import k8s_resources
+from finetune_assets.experiments.policy.decision import FinalDecision
+from finetune_assets.experiments.runtime.lifecycle import (
     LaunchRefused,
     conclude_experiment,
     early_stop,
@@ -22,16 +23,16 @@ from finetune_assets.experiments.lifecycle import (
     launch_experiment,
     publish_routing,
 )
-from finetune_assets.experiments.statistics import ArmSums
-from finetune_assets.experiments.timeline import daily_cutoffs, lift_timeline
-from finetune_assets.k8s import k8s_resources
-from finetune_assets.observability import report_ab_outcome
+from finetune_assets.experiments.runtime.timeline import daily_cutoffs, lift_timeline
+from finetune_assets.experiments.stats.statistics import ArmSums
 from finetune_assets.partitions import cycle_asset
-from finetune_assets.reporting import image_markdown, lift_over_time_plot, table
+from finetune_assets.reporting.metadata import image_markdown, lift_over_time_plot, table
+from finetune_assets.reporting.metrics import report_ab_outcome
 from finetune_assets.resources.cache import RedisResource
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource
-from finetune_assets.resources.store import ExperimentAlreadyRunning, PlatformStore, StoreResource
+from finetune_assets.resources.store import StoreResource
+from finetune_assets.store.platform import ExperimentAlreadyRunning, PlatformStore
 
 
 @cycle_asset(

@@ -10,18 +10,19 @@ from typing import Any
 import dagster as dg
 
 from finetune_assets.checks import FINE_TUNED_MODEL_CHECKS, fine_tune_results
+from finetune_assets.deployment.k8s import model_step_resources
 from finetune_assets.finetuning.base import TERMINAL_STATUSES, FineTuningBackend, TrainingSpec
 from finetune_assets.finetuning.dataset import parse_prompt
-from finetune_assets.k8s import model_step_resources
-from finetune_assets.observability import report_fine_tune
 from finetune_assets.partitions import cycle_asset
-from finetune_assets.progress import Say, format_duration, reporter
-from finetune_assets.reporting import curve, image_markdown, loss_curves_plot
+from finetune_assets.reporting.metadata import curve, image_markdown, loss_curves_plot
+from finetune_assets.reporting.metrics import report_fine_tune
+from finetune_assets.reporting.progress import Say, format_duration, reporter
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.openai import OpenAIResource, backend_failure
-from finetune_assets.resources.store import PlatformStore, StoreResource
+from finetune_assets.resources.store import StoreResource
 from finetune_assets.resources.tracking import TrackingResource
 from finetune_assets.settings import Settings
+from finetune_assets.store.platform import PlatformStore
 
 POLL_SECONDS = 15.0
 

@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from finetune_assets.experiments.lifecycle import publish_routing
-from finetune_assets.k8s import k8s_resources
+from finetune_assets.deployment.k8s import k8s_resources
+from finetune_assets.experiments.runtime.lifecycle import publish_routing
 from finetune_assets.partitions import cycle_asset
 from finetune_assets.resources.cache import RedisResource
 from finetune_assets.resources.config import PipelineConfigResource

@@ -6,15 +6,16 @@ import dagster as dg
 from sqlalchemy.engine import Connection
 
 from finetune_assets.checks import TRAINING_DATA_CHECKS, training_data_results
+from finetune_assets.deployment.k8s import k8s_resources
 from finetune_assets.finetuning.base import dataset_hash
 from finetune_assets.finetuning.dataset import Limits, Selection, select_examples
-from finetune_assets.k8s import k8s_resources
-from finetune_assets.observability import report_dataset
 from finetune_assets.partitions import cycle_asset
-from finetune_assets.reporting import counts_table, engagement_histogram_plot, histogram, image_markdown
+from finetune_assets.reporting.metadata import counts_table, engagement_histogram_plot, histogram, image_markdown
+from finetune_assets.reporting.metrics import report_dataset
 from finetune_assets.resources.config import PipelineConfigResource
-from finetune_assets.resources.store import PlatformStore, PoolCounts, StoreResource
+from finetune_assets.resources.store import StoreResource
 from finetune_assets.settings import Settings
+from finetune_assets.store.platform import PlatformStore, PoolCounts
 
 RATE_BINS_PER_UNIT = 200
 """Engagement-rate histogram bins of width 0.005."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from finetune_assets.errors import FinetuneAssetsError
 from finetune_assets.finetuning.base import FineTuningBackend
 
 if TYPE_CHECKING:
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     from finetune_assets.settings import Settings
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(FinetuneAssetsError, RuntimeError):
     """The configured backend cannot run here; the message says what to change."""
 
 

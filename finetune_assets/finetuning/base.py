@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from finetune_assets.errors import FinetuneAssetsError
+
 Message = dict[str, str]
 """One chat message: {"role": "system" | "user" | "assistant", "content": "..."}."""
 
@@ -87,7 +89,7 @@ class TrainingResult:
     error: str | None = None
 
 
-class LossUnavailable(NotImplementedError):
+class LossUnavailable(FinetuneAssetsError, NotImplementedError):
     """The model cannot score given text (an API that only generates): evaluation compares without the loss."""
 
 

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from finetune_assets.errors import FinetuneAssetsError
 from finetune_assets.finetuning.base import (
     TERMINAL_STATUSES,
     ChatExample,
@@ -96,7 +97,7 @@ MAX_EVAL_CONTEXT = 2048
 MODEL_CACHE_SIZE = 3
 
 
-class LocalBackendError(RuntimeError):
+class LocalBackendError(FinetuneAssetsError, RuntimeError):
     """A local job or model that cannot be found, loaded or trained as asked."""
 
 

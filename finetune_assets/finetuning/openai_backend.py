@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from finetune_assets.errors import FinetuneAssetsError
 from finetune_assets.finetuning.base import (
     ChatExample,
     JobState,
@@ -53,7 +54,7 @@ STATUS_MAP: dict[str, JobStatus] = {
 MAX_METADATA_KEYS = 16
 
 
-class OpenAIBackendError(RuntimeError):
+class OpenAIBackendError(FinetuneAssetsError, RuntimeError):
     """A fine-tune that cannot start as asked (bad file, over budget): the message says why and what to change."""
 
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from finetune_assets.errors import FinetuneAssetsError
 from finetune_assets.settings import OpenAISettings
 
 if TYPE_CHECKING:
@@ -29,11 +30,11 @@ _KEY_PATTERN = re.compile(r"\b(sk-|sess-)[A-Za-z0-9_\-*]{6,}")
 TRANSIENT_STATUS = frozenset({408, 409, 429})
 
 
-class CircuitOpenError(RuntimeError):
+class CircuitOpenError(FinetuneAssetsError, RuntimeError):
     """The API failed `threshold` times in a row: calls fail fast until the reset time has passed."""
 
 
-class OpenAIConfigError(RuntimeError):
+class OpenAIConfigError(FinetuneAssetsError, RuntimeError):
     """The client cannot be built as configured (e.g. no API key); the message says what to set."""
 
 

@@ -28,7 +28,7 @@ class RedisResource(dg.ConfigurableResource):
         """A fail-fast client that answered PING, or None (with one warning) when Redis is unset or down."""
         if not self.url:
             return None
-        from finetune_assets.experiments.router import redis_client
+        from finetune_assets.experiments.runtime.router import redis_client
         from finetune_assets.resources.tracking import redact
 
         client = redis_client(self.url, timeout_seconds=self.timeout_seconds)

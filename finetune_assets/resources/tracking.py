@@ -20,10 +20,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 
+from finetune_assets.errors import FinetuneAssetsError
+
 CHAMPION_ALIAS = "champion"
 
 
-class TrackingUnavailable(dg.Failure, RuntimeError):
+class TrackingUnavailable(FinetuneAssetsError, dg.Failure, RuntimeError):
     """The MLflow server cannot be reached: the message says which URI and what to check.
 
     A `dg.Failure`, so the step fails with this description rather than a client library's traceback.

@@ -23,11 +23,12 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from finetune_assets.experiments import lifecycle
-from finetune_assets.experiments.lifecycle import conclude_experiment, watch_experiment
-from finetune_assets.resources.store import PlatformStore, StoreResource
+from finetune_assets.experiments.runtime import lifecycle
+from finetune_assets.experiments.runtime.lifecycle import conclude_experiment, watch_experiment
+from finetune_assets.resources.store import StoreResource
 from finetune_assets.settings import Settings, load_settings
 from finetune_assets.simulation import DemoWorldConfig, generate_corpus
+from finetune_assets.store.platform import PlatformStore
 from finetune_assets_tests.conftest import NOW, write_config
 from finetune_assets_tests.experiments.demo_traffic import DemoAudience
 

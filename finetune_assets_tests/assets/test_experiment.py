@@ -11,11 +11,11 @@ import pytest
 import redis
 
 from finetune_assets.assets import ab_test, ab_test_outcome, evaluation_scores
-from finetune_assets.experiments.router import redis_key
+from finetune_assets.experiments.runtime.router import redis_key
 from finetune_assets.resources.cache import RedisResource
-from finetune_assets.resources.store import PlatformStore
 from finetune_assets.sensors import ab_test_sensor
 from finetune_assets.simulation import DemoWorldConfig, generate_corpus
+from finetune_assets.store.platform import PlatformStore
 from finetune_assets_tests.conftest import NOW, resources_for, start_experiment, write_config
 from finetune_assets_tests.experiments.demo_traffic import DemoAudience
 

@@ -16,7 +16,7 @@ from finetune_assets.definitions import defs
 from finetune_assets.evaluation.judge import JUDGE_SYSTEM
 from finetune_assets.finetuning.dataset import FORMAT_COUNTERS
 from finetune_assets.resources.openai import OpenAIResource
-from finetune_assets.resources.store import PlatformStore
+from finetune_assets.store.platform import PlatformStore
 from finetune_assets_tests import fake_openai
 from finetune_assets_tests.conftest import resources_for, seed, write_config
 from finetune_assets_tests.fake_openai import FakeOpenAI

@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from finetune_assets.assets import fine_tuned_model, generated_posts, training_data
-from finetune_assets.resources.store import PlatformStore
+from finetune_assets.store.platform import PlatformStore
 from finetune_assets_tests.conftest import resources_for, seed, write_config
 
 CYCLE, NEXT_CYCLE = "2026-11-15", "2026-11-08"

@@ -13,8 +13,10 @@ import sqlalchemy as sa
 
 from finetune_assets.assets import training_data
 from finetune_assets.finetuning.dataset import Limits, select_examples
-from finetune_assets.resources.store import PlatformStore, StoreResource, datasets, ledger
+from finetune_assets.resources.store import StoreResource
 from finetune_assets.settings import Settings
+from finetune_assets.store.platform import PlatformStore
+from finetune_assets.store.schema import datasets, ledger
 from finetune_assets_tests.conftest import resources_for, seed
 
 pytestmark = pytest.mark.integration

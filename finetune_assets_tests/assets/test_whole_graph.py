@@ -11,16 +11,16 @@ import pytest
 from mlflow import MlflowClient
 
 from finetune_assets.assets import fine_tuned_model
+from finetune_assets.cli.demo import simulate_ab_traffic
 from finetune_assets.definitions import defs
-from finetune_assets.demo import simulate_ab_traffic
 from finetune_assets.finetuning import make_backend
 from finetune_assets.finetuning.demo_base_model import DEMO_BASE_MODEL
 from finetune_assets.resources.cache import RedisResource
-from finetune_assets.resources.store import PlatformStore
 from finetune_assets.resources.tracking import TrackingResource
 from finetune_assets.sensors import ab_test_sensor
 from finetune_assets.settings import load_settings
 from finetune_assets.simulation import generate_corpus
+from finetune_assets.store.platform import PlatformStore
 from finetune_assets_tests import demo_world
 from finetune_assets_tests.conftest import NOW, resources_for, write_config
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune_assets.experiments.assignment import NOT_ENROLLED_CODE, TREATMENT_CODE, assign_many
+from finetune_assets.experiments.runtime.assignment import NOT_ENROLLED_CODE, TREATMENT_CODE, assign_many
 from finetune_assets.simulation import DemoWorldConfig
 from finetune_assets.simulation.corpus import (
     IMPRESSIONS_MEAN,

@@ -6,8 +6,8 @@ import pytest
 from finetune_assets.definitions import build_resources
 from finetune_assets.finetuning.local_backend import LocalBackend
 from finetune_assets.resources.openai import OpenAIResource
-from finetune_assets.resources.store import PlatformStore
 from finetune_assets.settings import parse_settings
+from finetune_assets.store.platform import PlatformStore
 
 OPENAI = {"backend": "openai", "base_model": "gpt-4o-mini-2024-07-18"}
 

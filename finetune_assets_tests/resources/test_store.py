@@ -3,7 +3,7 @@ from datetime import timedelta
 import numpy as np
 import sqlalchemy as sa
 
-from finetune_assets.resources.store import PlatformStore
+from finetune_assets.store.platform import PlatformStore
 from finetune_assets_tests.conftest import NOW, seed
 
 

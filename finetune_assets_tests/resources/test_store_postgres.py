@@ -9,7 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 from finetune_assets.finetuning.dataset import Limits, select_examples
-from finetune_assets.resources.store import EngineOptions, PlatformStore, StoreResource
+from finetune_assets.resources.store import StoreResource
+from finetune_assets.store.engine import EngineOptions
+from finetune_assets.store.platform import PlatformStore
 from finetune_assets_tests.conftest import NOW, seed, start_experiment
 
 pytestmark = pytest.mark.integration

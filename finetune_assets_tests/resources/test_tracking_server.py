@@ -15,8 +15,8 @@ import pytest
 from mlflow import MlflowClient
 
 from finetune_assets.assets import production_model
-from finetune_assets.resources.store import PlatformStore
 from finetune_assets.resources.tracking import CHAMPION_ALIAS, TrackingResource, TrackingUnavailable
+from finetune_assets.store.platform import PlatformStore
 from finetune_assets_tests.conftest import resources_for, start_experiment
 from finetune_assets_tests.fixtures.mlflow_server import MlflowServer
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from finetune_assets.resources.store import PlatformStore
+from finetune_assets.store.platform import PlatformStore
 
 
 def remembers_per_endpoint_and_replaces_a_lost_file(db: PlatformStore) -> None:
