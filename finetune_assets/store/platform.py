@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from finetune_assets.errors import FinetuneAssetsError
 from finetune_assets.finetuning.base import ChatExample
 from finetune_assets.store.engine import EngineOptions, make_engine
+from finetune_assets.store.migrate import ensure_schema
 from finetune_assets.store.schema import (
     DATASET_ACTIVE,
     INDEX_ORDER_PLAN_OFF,
@@ -30,7 +31,6 @@ from finetune_assets.store.schema import (
     evaluations,
     experiments,
     ledger,
-    metadata,
     models,
     posts_table,
     promotions,
@@ -83,7 +83,7 @@ class PlatformStore:
     def __init__(self, engine: Engine, posts_table_name: str = "generated_posts") -> None:
         self.engine = engine
         self.posts = posts_table(posts_table_name)
-        metadata.create_all(engine, checkfirst=True)
+        ensure_schema(engine)
 
     @classmethod
     def from_url(

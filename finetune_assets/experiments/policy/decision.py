@@ -30,6 +30,7 @@ from finetune_assets.experiments.stats.statistics import (
     check_srm,
     relative_lift,
 )
+from finetune_assets.reporting.formatting import signed_pct
 
 ALPHA_WIN = 0.025
 """One-sided level of the promotion test (≡ two-sided 95 % CI lower bound > 0)."""
@@ -38,10 +39,6 @@ FinalAction = Literal["promote", "keep", "invalid"]
 FinalCode = Literal[
     "win", "srm", "harm_alarm", "windows_open", "too_few_users", "no_data", "not_significant", "worse", "guardrail"
 ]
-
-
-def _pct(x: float, digits: int = 1) -> str:
-    return f"{x * 100:+.{digits}f}%".replace("-", "−")
 
 
 def _check_level(name: str, value: float, upper: float = 0.5) -> None:
@@ -187,7 +184,7 @@ def final_decision(
             Check(
                 "primary_win",
                 lift.ci_low > 0,
-                f"engagement rate lift {_pct(lift.lift)} [{_pct(lift.ci_low)}, {_pct(lift.ci_high)}] ({level} CI)",
+                f"engagement rate lift {signed_pct(lift.lift)} [{signed_pct(lift.ci_low)}, {signed_pct(lift.ci_high)}] ({level} CI)",
             )
         )
     checks += [Check(f"guardrail:{g.name}", g.passed, g.message) for g in ni]
@@ -239,8 +236,8 @@ def final_decision(
             f"treatment {treatment.sum_m:,.0f}/{treatment.sum_d:,.0f} engagements/impressions)",
         )
     summary = (
-        f"the candidate changed the engagement rate by {_pct(lift.lift)} ({level} CI {_pct(lift.ci_low)} to "
-        f"{_pct(lift.ci_high)}; {lift.treatment_rate:.2%} vs {lift.control_rate:.2%})"
+        f"the candidate changed the engagement rate by {signed_pct(lift.lift)} ({level} CI {signed_pct(lift.ci_low)} to "
+        f"{signed_pct(lift.ci_high)}; {lift.treatment_rate:.2%} vs {lift.control_rate:.2%})"
     )
     if lift.ci_high < 0:
         return decision("keep", "worse", f"keep production: {summary}, significantly worse")
@@ -384,14 +381,14 @@ def power_gate(
 
     ok = forecast_users >= required_users
     need = (
-        f"a {_pct(relative_mde)} relative change of the {p1:.2%} engagement rate needs {required_users:,} users "
+        f"a {signed_pct(relative_mde)} relative change of the {p1:.2%} engagement rate needs {required_users:,} users "
         f"({per_arm_users[0]:,} control / {per_arm_users[1]:,} treatment at {ipu:.3g} impressions per user, "
         f"design effect {de:.2f}) for {power:.0%} power at one-sided α {alpha_win:g}"
     )
     if ok:
         reason = f"enough traffic: {need}; {forecast_users:,} are forecast (power {achieved:.0%})"
     else:
-        detectable = f"{_pct(mde_at)}" if mde_at is not None else "none"
+        detectable = f"{signed_pct(mde_at)}" if mde_at is not None else "none"
         reason = (
             f"under-powered: {need}, but only {forecast_users:,} are forecast (power {achieved:.0%}; detectable "
             f"change at {power:.0%} power: {detectable}). Raise the MDE or the coverage, run longer, or accept "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from finetune_assets.experiments.stats.sequential import OneSidedInterval, one_sided_confidence_sequence
 from finetune_assets.experiments.stats.statistics import ArmSums, EffectEstimate, MeanSums, welch_relative
+from finetune_assets.reporting.formatting import signed_pct
 
 DEFAULT_MARGIN = 0.05
 """Default non-inferiority margin: the candidate may be at most 5 % (relative) worse on a guardrail.
@@ -27,10 +28,6 @@ A tighter margin costs power: at 20k users per arm a 2 % margin on impressions/u
 the time when nothing changed (the promotion power at +5 % drops from 0.85 to 0.70); pick margins with
 the traffic in mind (Schultzberg et al.: correct the power, not α)."""
 MIN_USERS_FOR_GUARDRAIL = 2
-
-
-def _pct(x: float, digits: int = 1) -> str:
-    return f"{x * 100:+.{digits}f}%".replace("-", "−")
 
 
 @dataclass(frozen=True)
@@ -116,15 +113,15 @@ def non_inferiority(guardrail: Guardrail, *, alpha: float = 0.025) -> NonInferio
         )
     if g.higher_is_better:
         bound, passed = est.ci_low, est.ci_low > -g.margin
-        limit = f"> {_pct(-g.margin)}"
+        limit = f"> {signed_pct(-g.margin)}"
     else:
         bound, passed = est.ci_high, est.ci_high < g.margin
-        limit = f"< {_pct(g.margin)}"
+        limit = f"< {signed_pct(g.margin)}"
     level = f"{(1 - alpha) * 100:g}%"
     side = "lower" if g.higher_is_better else "upper"
     verdict = "within the margin" if passed else "may be worse than the margin allows"
     message = (
-        f"{g.name}: {_pct(est.expected)} ({level} {side} bound {_pct(bound)}, needs {limit}): {verdict} "
+        f"{g.name}: {signed_pct(est.expected)} ({level} {side} bound {signed_pct(bound)}, needs {limit}): {verdict} "
         f"({g.treatment.mean:.3g} vs {g.control.mean:.3g} per user)"
     )
     return NonInferiorityResult(g.name, g.margin, alpha, g.higher_is_better, est.expected, bound, passed, message)
@@ -172,8 +169,8 @@ def harm_check(
     verdict = "significantly worse" if harm else "no evidence of harm"
     which = "upper" if higher_is_better else "lower"
     message = (
-        f"{name}: {_pct(expected)}, always-valid {(1 - alpha) * 100:.4g}% {which} bound "
-        f"{_pct(sign * interval.upper)}: {verdict}"
+        f"{name}: {signed_pct(expected)}, always-valid {(1 - alpha) * 100:.4g}% {which} bound "
+        f"{signed_pct(sign * interval.upper)}: {verdict}"
     )
     return HarmCheck(name, alpha, interval, harm, message)
 

@@ -52,10 +52,6 @@ PRIMARY_NAME = "engagement rate"
 MonitorAction = Literal["continue", "stop_harm", "stop_srm"]
 
 
-def _pct(x: float, digits: int = 1) -> str:
-    return f"{x * 100:+.{digits}f}%".replace("-", "−")
-
-
 @dataclass(frozen=True)
 class MonitorResult:
     """One hourly look: the action, a sentence for people, and the numbers behind it."""
