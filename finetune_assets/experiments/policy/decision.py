@@ -184,7 +184,8 @@ def final_decision(
             Check(
                 "primary_win",
                 lift.ci_low > 0,
-                f"engagement rate lift {signed_pct(lift.lift)} [{signed_pct(lift.ci_low)}, {signed_pct(lift.ci_high)}] ({level} CI)",
+                f"engagement rate lift {signed_pct(lift.lift)} "
+                f"[{signed_pct(lift.ci_low)}, {signed_pct(lift.ci_high)}] ({level} CI)",
             )
         )
     checks += [Check(f"guardrail:{g.name}", g.passed, g.message) for g in ni]
@@ -236,7 +237,8 @@ def final_decision(
             f"treatment {treatment.sum_m:,.0f}/{treatment.sum_d:,.0f} engagements/impressions)",
         )
     summary = (
-        f"the candidate changed the engagement rate by {signed_pct(lift.lift)} ({level} CI {signed_pct(lift.ci_low)} to "
+        f"the candidate changed the engagement rate by {signed_pct(lift.lift)} "
+        f"({level} CI {signed_pct(lift.ci_low)} to "
         f"{signed_pct(lift.ci_high)}; {lift.treatment_rate:.2%} vs {lift.control_rate:.2%})"
     )
     if lift.ci_high < 0:
