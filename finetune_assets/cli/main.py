@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from finetune_assets.cli import db as db_cli
 from finetune_assets.deployment.manifests import DEFAULT_STATE_SIZE, render
 from finetune_assets.deployment.manifests import PARTS as K8S_PARTS
 from finetune_assets.errors import FinetuneAssetsError
@@ -294,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage-class", type=_dns_subdomain, help="a ReadWriteMany storage class for the state volume"
     )
     render_parser.set_defaults(func=cmd_k8s_render)
+    db_cli.register(commands)
     return parser
 
 
