@@ -1,6 +1,7 @@
 """Definitions load time (goal ≤ 3 s) and which heavy modules it pulls in (goal: none), over 5 cold starts.
 
-Peer in the same run: a bare `import dagster`, the floor any code location pays.
+Peer in the same run: a bare `import dagster`, the floor any code location pays. Writes its lines into
+docs/performance.md (section `definitions_load`).
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ import statistics
 import subprocess
 import sys
 
+from timing import Report, write_section  # bench/timing.py
+
+HEAVY = ("torch", "transformers", "trl", "peft", "mlflow", "openai", "tiktoken", "redis")
 LOAD = (
     "import sys, time; t = time.perf_counter(); from finetune_assets.definitions import defs; "
-    "heavy = [m for m in ('torch', 'transformers', 'peft', 'mlflow') if m in sys.modules]; "
+    f"heavy = [m for m in {HEAVY!r} if m in sys.modules]; "
     "print(time.perf_counter() - t, ','.join(heavy))"
 )
 BARE = "import time; t = time.perf_counter(); import dagster; print(time.perf_counter() - t, '')"
@@ -27,11 +31,14 @@ def cold(code: str, runs: int = 5) -> tuple[float, str]:
 
 
 def main() -> None:
+    out = Report()
     load, heavy = cold(LOAD)
     bare, _ = cold(BARE)
-    print(f"definitions load: median {load:.2f} s over 5 cold starts (goal <= 3 s)")
-    print(f"bare `import dagster`: median {bare:.2f} s; our code adds {load - bare:.2f} s ({load / bare:.2f}x)")
-    print(f"heavy modules imported at load: {heavy or 'none'}")
+    verdict = "OK" if load <= 3 else "MISSED"
+    out(f"definitions load: median {load:.2f} s over 5 cold starts (goal <= 3 s): {verdict}")
+    out(f"bare `import dagster`: median {bare:.2f} s; our code adds {load - bare:.2f} s ({load / bare:.2f}x)")
+    out(f"heavy modules imported at load ({', '.join(HEAVY)}): {heavy or 'none'}")
+    write_section("definitions_load", out.lines)
 
 
 if __name__ == "__main__":

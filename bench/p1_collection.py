@@ -1,6 +1,6 @@
 """P1: collecting the training data from N posts in Postgres, against COPY of the same filter and pandas.read_sql.
 
-Goals (issue 4): at 1,000,000 posts the collection takes <= 1.5x `COPY (same filter) TO STDOUT` and is >= 5x
+Goals: at 1,000,000 posts the collection takes <= 1.5x `COPY (same filter) TO STDOUT` and is >= 5x
 faster than `pandas.read_sql` of the table filtered in pandas; its peak RSS does not grow from 1M to 4M posts.
 
 Per size in `--sizes`, a throw-away database (`finetune_p1_<pid>_<size>`) on 127.0.0.1:5432 (user postgres,
@@ -21,8 +21,8 @@ repeat collects from the same state):
 * peer COPY — `COPY (<the exact SELECT the stream sends>) TO STDOUT`, bytes counted and discarded;
 * peer pandas — `pandas.read_sql` of the table (and the ledger), filtered in pandas (run `--pandas-repeats`).
 
-Peak RSS: for each size a fresh subprocess imports the package, then runs one collection (`ru_maxrss`); the
-import-only footprint is printed beside it.
+Peak RSS: for each size a fresh subprocess imports the package, then runs one collection (`VmHWM`); the
+import-only footprint is printed beside it. Writes its lines into docs/performance.md (section `p1_collection`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from timing import timed  # noqa: E402  (bench/timing.py; scripts run from bench/)
+from timing import Report, timed, write_section  # noqa: E402  (bench/timing.py; scripts run from bench/)
 
 from finetune_assets.assets.training_data import collect_training_data  # noqa: E402
 from finetune_assets.settings import Settings, load_settings  # noqa: E402
@@ -256,10 +256,11 @@ def main() -> None:
     if args.child:
         child(args.child, args.url)
         return
+    out = Report()
     sizes = [int(s) for s in args.sizes.split(",")]
     started = time.perf_counter()
     pool = text_pool(args.pool)
-    print(f"text pool: {len(pool):,} demo-corpus posts in {time.perf_counter() - started:.1f} s")
+    out(f"text pool: {len(pool):,} demo-corpus posts in {time.perf_counter() - started:.1f} s")
     admin = psycopg2.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres")
     admin.autocommit = True
     rss: dict[int, tuple[float, float]] = {}
@@ -274,16 +275,16 @@ def main() -> None:
                 with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
                     cur.execute("SELECT pg_size_pretty(pg_database_size(current_database()))")
                     db_size = cur.fetchone()[0]  # type: ignore[index]
-                print(f"\n[{size:,} posts] seeded with COPY + indexes + history + VACUUM ANALYZE in {seconds:.1f} s "
-                      f"({db_size})")  # fmt: skip
+                out(f"\n[{size:,} posts] seeded with COPY + indexes + history + VACUUM ANALYZE in {seconds:.1f} s "
+                     f"({db_size})")  # fmt: skip
                 if i == 0:
-                    measure(url, dsn, args.repeats, args.pandas_repeats)
+                    measure(url, dsn, args.repeats, args.pandas_repeats, out)
                 rss[size] = peak_rss_mb(url, "collect")
-                print(f"  peak RSS of one collection (fresh process): {rss[size][1]:.0f} MiB "
-                      f"(imports alone {rss[size][0]:.0f} MiB)")  # fmt: skip
+                out(f"  peak RSS of one collection (fresh process): {rss[size][1]:.0f} MiB "
+                     f"(imports alone {rss[size][0]:.0f} MiB)")  # fmt: skip
                 if i == 0:
                     pandas_rss = peak_rss_mb(url, "pandas")
-                    print(f"  peak RSS of the pandas peer (fresh process): {pandas_rss[1]:.0f} MiB")
+                    out(f"  peak RSS of the pandas peer (fresh process): {pandas_rss[1]:.0f} MiB")
             finally:
                 admin.cursor().execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
                 print(f"  dropped database {database}")
@@ -293,11 +294,12 @@ def main() -> None:
         first, last = sizes[0], sizes[-1]
         growth = rss[last][1] / rss[first][1]
         verdict = "OK" if growth <= 1.10 else "MISSED"
-        print(f"\npeak RSS {last:,} vs {first:,} posts: {rss[last][1]:.0f} / {rss[first][1]:.0f} MiB = {growth:.2f}x "
-              f"(goal: no growth, <= 1.10x allowing for noise): {verdict}")  # fmt: skip
+        out(f"\npeak RSS {last:,} vs {first:,} posts: {rss[last][1]:.0f} / {rss[first][1]:.0f} MiB = {growth:.2f}x "
+             f"(goal: no growth, <= 1.10x allowing for noise): {verdict}")  # fmt: skip
+    write_section("p1_collection", out.lines)
 
 
-def measure(url: str, dsn: str, repeats: int, pandas_repeats: int) -> None:
+def measure(url: str, dsn: str, repeats: int, pandas_repeats: int, out: Report) -> None:
     store = PlatformStore(make_engine(url))
     capped, uncapped = settings_for(uncapped=False), settings_for(uncapped=True)
     select = stream_sql(store, capped)
@@ -307,10 +309,10 @@ def measure(url: str, dsn: str, repeats: int, pandas_repeats: int) -> None:
     t = time.perf_counter()
     all_train, all_holdout, all_rejected = collect_once(store, uncapped)  # once: it is the slow one
     unc = time.perf_counter() - t
-    print(f"  candidates (unused, organic, qualifying): {n_stream:,} rows, COPY text {n_bytes / 1e6:.0f} MB")
-    print(f"  shipped config: {train:,} train + {holdout:,} holdout + {rejected:,} rejected "
-          f"(max_examples_per_cycle {capped.max_examples_per_cycle:,})")  # fmt: skip
-    print(f"  uncapped: {all_train:,} train + {all_holdout:,} holdout + {all_rejected:,} rejected")
+    out(f"  candidates (unused, organic, qualifying): {n_stream:,} rows, COPY text {n_bytes / 1e6:.0f} MB")
+    out(f"  shipped config: {train:,} train + {holdout:,} holdout + {rejected:,} rejected "
+         f"(max_examples_per_cycle {capped.max_examples_per_cycle:,})")  # fmt: skip
+    out(f"  uncapped: {all_train:,} train + {all_holdout:,} holdout + {all_rejected:,} rejected")
     medians = timed(
         {
             "copy": lambda: copy_once(dsn, select),
@@ -328,19 +330,19 @@ def measure(url: str, dsn: str, repeats: int, pandas_repeats: int) -> None:
     pandas_s = statistics.median(pandas_runs)
     assert n_pandas == n_stream, (n_pandas, n_stream)
     copy_s, ours, stream = medians["copy"], medians["ours"], medians["stream"]
-    print(f"  peer: COPY (same filter) TO STDOUT, all {n_stream:,} candidates: median {copy_s:.3f} s")
-    print(f"  peer: pandas.read_sql(table) + filter in pandas ({n_pandas:,} rows): median {pandas_s:.3f} s")
-    print(f"  ours: collect_training_data, shipped config:                median {ours:.3f} s")
-    print(f"  ours: collect_training_data, uncapped (one run):             {unc:.3f} s")
-    print(f"  ours: iter_candidate_posts drained (all candidates, no validation): median {stream:.3f} s")
-    print(
+    out(f"  peer: COPY (same filter) TO STDOUT, all {n_stream:,} candidates: median {copy_s:.3f} s")
+    out(f"  peer: pandas.read_sql(table) + filter in pandas ({n_pandas:,} rows): median {pandas_s:.3f} s")
+    out(f"  ours: collect_training_data, shipped config:                median {ours:.3f} s")
+    out(f"  ours: collect_training_data, uncapped (one run):             {unc:.3f} s")
+    out(f"  ours: iter_candidate_posts drained (all candidates, no validation): median {stream:.3f} s")
+    out(
         f"  ratio ours / COPY:        {ours / copy_s:.2f}x (goal <= 1.5x): {'OK' if ours / copy_s <= 1.5 else 'MISSED'}"
     )
-    print(
+    out(
         f"  ratio pandas / ours:      {pandas_s / ours:.1f}x (goal >= 5x): {'OK' if pandas_s / ours >= 5 else 'MISSED'}"
     )
-    print(f"  ratio uncapped / COPY:    {unc / copy_s:.2f}x;  pandas / uncapped: {pandas_s / unc:.1f}x")
-    print(f"  ratio stream / COPY:      {stream / copy_s:.2f}x;  pandas / stream: {pandas_s / stream:.1f}x")
+    out(f"  ratio uncapped / COPY:    {unc / copy_s:.2f}x;  pandas / uncapped: {pandas_s / unc:.1f}x")
+    out(f"  ratio stream / COPY:      {stream / copy_s:.2f}x;  pandas / stream: {pandas_s / stream:.1f}x")
     store.engine.dispose()
 
 

@@ -15,7 +15,8 @@ the end, also on failure. Measured warm, alternating, median of `--repeats`:
 
 Then the same with the index the store had before this bench, `ix_<table>_organic (experiment_id, post_id)`,
 in place of `ix_<table>_organic_rate` (the partial expression index it led to): before and after from one run
-(the query is today's in both; before, it also compared in exact `numeric`, slower still).
+(the query is today's in both; before, it also compared in exact `numeric`, slower still). Writes its lines into
+docs/performance.md (section `p2_sensor_tick`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from p1_collection import NOW, seed, text_pool
-from timing import timed
+from timing import Report, timed, write_section  # bench/timing.py
 
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource
@@ -43,7 +44,7 @@ from finetune_assets.settings import get_settings
 from finetune_assets.store.schema import engagement_rate
 
 
-def measure(url: str, dsn: str, repeats: int, label: str) -> None:
+def measure(url: str, dsn: str, repeats: int, label: str, out: Report) -> None:
     settings = get_settings()  # what PipelineConfigResource() reads
     store_resource = StoreResource(database_url=url)
     resources = {
@@ -102,15 +103,15 @@ def measure(url: str, dsn: str, repeats: int, label: str) -> None:
     outcome = (
         f"run request {first.run_requests[0].run_key}" if isinstance(first, dg.SensorResult) else first.skip_message
     )  # type: ignore[union-attr]
-    print(f"[{label}]")
-    print(f"  tick outcome: {outcome}; qualifying organic posts (taken or not): {qualifying:,}")
-    print(f"  peer: bare indexed count (no ledger), psycopg2:        median {bare * 1000:.1f} ms")
-    print(f"  the store's count statement (ledger anti-join), bare: median {own * 1000:.1f} ms")
-    print(f"  ours: training_data_sensor tick:                      median {tick * 1000:.1f} ms")
-    print(f"  ratio tick / bare count: {tick / bare:.2f}x (goal <= 2x): {'OK' if tick / bare <= 2 else 'MISSED'}; "
-          f"tick {tick * 1000:.0f} ms (goal <= 200 ms): {'OK' if tick <= 0.2 else 'MISSED'}")  # fmt: skip
-    print(f"  plan, bare: {plans['bare']}")
-    print(f"  plan, ours: {plans['ours']}")
+    out(f"[{label}]")
+    out(f"  tick outcome: {outcome}; qualifying organic posts (taken or not): {qualifying:,}")
+    out(f"  peer: bare indexed count (no ledger), psycopg2:        median {bare * 1000:.1f} ms")
+    out(f"  the store's count statement (ledger anti-join), bare: median {own * 1000:.1f} ms")
+    out(f"  ours: training_data_sensor tick:                      median {tick * 1000:.1f} ms")
+    out(f"  ratio tick / bare count: {tick / bare:.2f}x (goal <= 2x): {'OK' if tick / bare <= 2 else 'MISSED'}; "
+        f"tick {tick * 1000:.0f} ms (goal <= 200 ms): {'OK' if tick <= 0.2 else 'MISSED'}")  # fmt: skip
+    out(f"  plan, bare: {plans['bare']}")
+    out(f"  plan, ours: {plans['ours']}")
 
 
 def main() -> None:
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--pool", type=int, default=3000)
     args = parser.parse_args()
+    out = Report()
     database = f"finetune_p2_{os.getpid()}"
     url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}"
     dsn = f"host=127.0.0.1 port=5432 user=postgres dbname={database}"
@@ -127,12 +129,13 @@ def main() -> None:
     admin.cursor().execute(f"CREATE DATABASE {database}")
     try:
         seconds = seed(url, args.posts, text_pool(args.pool))
-        print(f"seeded {args.posts:,} posts (COPY, indexes, history, VACUUM ANALYZE) in {seconds:.1f} s")
-        measure(url, dsn, args.repeats, "the store's indexes")
+        out(f"seeded {args.posts:,} posts (COPY, indexes, history, VACUUM ANALYZE) in {seconds:.1f} s")
+        measure(url, dsn, args.repeats, "the store's indexes", out)
         with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
             cur.execute("DROP INDEX IF EXISTS ix_generated_posts_organic_rate")
             cur.execute("CREATE INDEX ix_generated_posts_organic ON generated_posts (experiment_id, post_id)")
-        measure(url, dsn, args.repeats, "before: ix_generated_posts_organic (experiment_id, post_id) instead")
+        measure(url, dsn, args.repeats, "before: ix_generated_posts_organic (experiment_id, post_id) instead", out)
+        write_section("p2_sensor_tick", out.lines)
     finally:
         StoreResource(database_url=url).get().engine.dispose()
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")

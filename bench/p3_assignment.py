@@ -4,7 +4,8 @@
 Peer: `growthbook` from PyPI (bench only: `pip install growthbook`, or the project's `bench` extra). Both
 sides hash the same ids with the same v2 seed, weights and coverage; the arms are checked to agree, so
 the comparison is like for like. The SDK is timed the cheaper of its two usual ways (one instance with
-`set_attributes` per user), and once with a new instance per user for reference. Best of `--repeats`.
+`set_attributes` per user), and once with a new instance per user for comparison. Best of `--repeats`.
+Writes its lines into docs/performance.md (section `p3_assignment`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from timing import best_of  # bench/timing.py
+from timing import Report, best_of, write_section  # bench/timing.py
 
 from finetune_assets.experiments.runtime.assignment import assign_many, assign_variant
 
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1_000_000, help="users for the vectorized run")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    out = Report()
 
     try:
         from growthbook import Experiment, GrowthBook
@@ -76,17 +78,17 @@ def main() -> None:
         result = shared.run(experiment)
         theirs = result.variationId if result.inExperiment else -1
         mismatches += theirs != codes[assign_variant(user, SALT, split=SPLIT, coverage=COVERAGE)]
-    print(f"agreement with the GrowthBook SDK on {min(20_000, len(ids)):,} ids: {mismatches} mismatches")
+    out(f"agreement with the GrowthBook SDK on {min(20_000, len(ids)):,} ids: {mismatches} mismatches")
 
     t_ours = best_per_call(ours, len(ids), args.repeats)
     t_sdk = best_per_call(sdk_shared, len(ids), args.repeats)
     t_sdk_new = best_per_call(sdk_new_instance, args.calls // 4, args.repeats)
     ratio = t_ours / t_sdk
-    print(f"assign_variant:                     {t_ours * 1e6:7.2f} µs/call (best of {args.repeats} x {len(ids):,})")
-    print(f"GrowthBook.run() (set_attributes):  {t_sdk * 1e6:7.2f} µs/call")
-    print(f"GrowthBook(...) + run() per user:   {t_sdk_new * 1e6:7.2f} µs/call")
+    out(f"assign_variant:                     {t_ours * 1e6:7.2f} µs/call (best of {args.repeats} x {len(ids):,})")
+    out(f"GrowthBook.run() (set_attributes):  {t_sdk * 1e6:7.2f} µs/call")
+    out(f"GrowthBook(...) + run() per user:   {t_sdk_new * 1e6:7.2f} µs/call")
     verdict = "OK" if ratio <= 0.2 else "MISSED"
-    print(f"ratio ours / SDK run(): {ratio:.3f} (goal <= 0.2): {verdict}; {1 / ratio:.1f}x faster")
+    out(f"ratio ours / SDK run(): {ratio:.3f} (goal <= 0.2): {verdict}; {1 / ratio:.1f}x faster")
 
     n = args.users
     as_list = list(range(n))
@@ -104,12 +106,13 @@ def main() -> None:
 
         seconds = best_of(vectorized, args.repeats)
         verdict = "OK" if seconds <= 1.0 else "MISSED"
-        print(f"assign_many, {n:,} users as {label:<11}: {seconds:.3f} s (goal <= 1 s): {verdict}")
+        out(f"assign_many, {n:,} users as {label:<11}: {seconds:.3f} s (goal <= 1 s): {verdict}")
     arms = assign_many(as_array, SALT, split=SPLIT, coverage=COVERAGE)
-    print(
+    out(
         f"  shares: control {np.mean(arms == 0):.4f}, treatment {np.mean(arms == 1):.4f}, "
         f"not enrolled {np.mean(arms == -1):.4f} (configured {COVERAGE * (1 - SPLIT):.2f}/{COVERAGE * SPLIT:.2f})"
     )
+    write_section("p3_assignment", out.lines)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ seeded with binary COPY (numpy builds the tuples) and dropped at the end, also o
 
 Two peers are printed: the bare per-arm GROUP BY (the goal's peer) and the exact per-user SQL that
 `arm_totals` sends, run bare through psycopg2 (so the engine's own overhead is visible apart from the
-cost of grouping per user, which the delta method needs: reference §2).
+cost of grouping per user, which the delta method needs: its variance is a function of per-user sums, see
+Deng et al. 2018, https://arxiv.org/abs/1803.06336). Writes its lines into docs/performance.md (section
+`p4_outcome_analysis`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import psycopg2
 import sqlalchemy as sa
-from timing import timed
+from timing import Report, timed, write_section  # bench/timing.py
 
 from finetune_assets.experiments.policy.decision import FinalDecision, final_decision
 from finetune_assets.experiments.policy.guardrails import default_guardrails
@@ -173,7 +175,7 @@ def _raw_query(engine: sa.Engine, sql: str, parameters: Any, plan_off: tuple[str
     return run
 
 
-def measure(engine: sa.Engine, users: int, repeats: int, label: str) -> None:
+def measure(engine: sa.Engine, users: int, repeats: int, label: str, out: Report) -> None:
     store = PlatformStore(engine)
     captured: list[tuple[str, Any]] = []
 
@@ -201,13 +203,13 @@ def measure(engine: sa.Engine, users: int, repeats: int, label: str) -> None:
         repeats,
     )
     arm, user, ours = medians["bare per-arm"], medians["bare per-user"], medians["analysis"]
-    print(f"[{label}]")
-    print(f"  peer: bare GROUP BY variant (sums per arm), psycopg2:       median {arm:.3f} s")
-    print(f"  peer: arm_totals' own SQL (per-user, then per-arm), psycopg2: median {user:.3f} s")
-    print(f"  ours: store.arm_totals + monitor + final_decision:          median {ours:.3f} s")
+    out(f"[{label}]")
+    out(f"  peer: bare GROUP BY variant (sums per arm), psycopg2:       median {arm:.3f} s")
+    out(f"  peer: arm_totals' own SQL (per-user, then per-arm), psycopg2: median {user:.3f} s")
+    out(f"  ours: store.arm_totals + monitor + final_decision:          median {ours:.3f} s")
     verdict = "OK" if ours / arm <= 1.5 else "MISSED"
-    print(f"  ratio ours / bare per-arm GROUP BY: {ours / arm:.2f}x (goal <= 1.5x): {verdict}")
-    print(f"  ratio ours / its own SQL run bare:  {ours / user:.2f}x (engine + ORM overhead)")
+    out(f"  ratio ours / bare per-arm GROUP BY: {ours / arm:.2f}x (goal <= 1.5x): {verdict}")
+    out(f"  ratio ours / its own SQL run bare:  {ours / user:.2f}x (engine + ORM overhead)")
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
@@ -218,19 +220,18 @@ def measure(engine: sa.Engine, users: int, repeats: int, label: str) -> None:
     finally:
         raw.rollback()
         raw.close()
-    print("  plan of arm_totals:", " / ".join(line for line in plan if "Aggregate" in line or "Scan" in line))
-    print(f"  decision on the synthetic A/A data: {decision.action}: {decision.reason[:140]}")
+    out("  plan of arm_totals: " + " / ".join(line for line in plan if "Aggregate" in line or "Scan" in line))
+    out(f"  decision on the synthetic A/A data: {decision.action}: {decision.reason[:140]}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument(
-        "--users", type=int, default=40_000, help="distinct users (default 40,000: the §7 harness at 20k per arm)"
-    )
+    parser.add_argument("--users", type=int, default=40_000, help="distinct users (default 40,000: 20,000 per arm)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dsn", default="host=127.0.0.1 port=5432 user=postgres dbname=postgres")
     args = parser.parse_args()
+    out = Report()
     database = f"finetune_p4_{os.getpid()}"
     url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}"
 
@@ -242,8 +243,9 @@ def main() -> None:
         engine = make_engine(url)
         engines.append(engine)
         seconds = seed(PlatformStore(engine), args.rows, args.users)
-        print(f"seeded {args.rows:,} rows, {args.users:,} users (COPY, indexes, VACUUM ANALYZE): {seconds:.1f} s")
-        measure(engine, args.users, args.repeats, "store schema and server defaults as shipped")
+        out(f"seeded {args.rows:,} rows, {args.users:,} users (COPY, indexes, VACUUM ANALYZE): {seconds:.1f} s")
+        measure(engine, args.users, args.repeats, "store schema and server defaults as shipped", out)
+        write_section("p4_outcome_analysis", out.lines)
     finally:
         for engine in engines:
             engine.dispose()

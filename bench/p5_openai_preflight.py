@@ -1,11 +1,13 @@
 """P5: pre-flight validation and token counting of an OpenAI training file. Goals: >= 5,000 examples/s on one
 core, and >= 0.5x tiktoken's raw encode rate on the same text, measured in the same run.
 
-Ours: `finetuning.tokens.preflight` — the cookbook's seven format checks, the per-example token count (every
-string value of every message encoded, the cookbook's overheads), assistant tokens, missing system/user
-messages, the token limit, billing tokens, default epochs and the estimated cost. Peer: the bare loop that
-encodes exactly those strings with the same encoding (`encode_ordinary`, no bookkeeping), i.e. the floor any
-exact counter pays. The process is pinned to one core. Best of `--repeats`.
+Ours: `finetuning.tokens.preflight` — the seven format checks of OpenAI's data-preparation cookbook
+(https://cookbook.openai.com/examples/chat_finetuning_data_prep), the per-example token count (every string
+value of every message encoded, the cookbook's overheads), assistant tokens, missing system/user messages, the
+token limit, billing tokens, default epochs and the estimated cost. Peer: the bare loop that encodes exactly
+those strings with the same encoding (`encode_ordinary`, no bookkeeping), i.e. the floor any exact counter pays.
+The process is pinned to one core. Best of `--repeats`. Writes its lines into docs/performance.md (section
+`p5_openai_preflight`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from timing import best_of  # bench/timing.py
+from timing import Report, best_of, write_section  # bench/timing.py
 
 from finetune_assets.finetuning.tokens import counter_for_model, preflight
 
@@ -54,6 +56,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    out = Report()  # before pinning: the machine line counts the machine's cores
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     lines = examples(args.examples)
@@ -75,24 +78,25 @@ def main() -> None:
     raw_all_s = best_of(raw(every_value), args.repeats)
     ours_rate, raw_rate, raw_all_rate = args.examples / ours_s, args.examples / raw_s, args.examples / raw_all_s
     ratio = ours_rate / raw_rate
-    print(f"P5 pre-flight of {args.examples:,} chat examples on one core ({counter.label})")
-    print(
+    out(f"P5 pre-flight of {args.examples:,} chat examples on one core ({counter.label})")
+    out(
         f"  finetune_assets preflight (7 format checks, cookbook token counts, billing/epochs/cost): {ours_s:.3f} s = "
         f"{ours_rate:,.0f} examples/s   goal >= 5,000/s: {'met' if ours_rate >= 5000 else 'MISSED'}"
     )
-    print(
+    out(
         f"  raw tiktoken encode_ordinary of the {len(contents):,} message texts: {raw_s:.3f} s = "
         f"{raw_rate:,.0f} examples/s"
     )
-    print(
+    out(
         f"  (raw of all {len(every_value):,} string values, roles included, as the cookbook count encodes them: "
         f"{raw_all_s:.3f} s = {raw_all_rate:,.0f} examples/s)"
     )
-    print(f"  ratio ours / raw message texts = {ratio:.2f}x   goal >= 0.5x: {'met' if ratio >= 0.5 else 'MISSED'}")
-    print(
+    out(f"  ratio ours / raw message texts = {ratio:.2f}x   goal >= 0.5x: {'met' if ratio >= 0.5 else 'MISSED'}")
+    out(
         f"  file: {report.billing_tokens:,} billing tokens, {report.n_epochs} epochs (cookbook default), "
         f"estimated ${report.estimated_cost_usd:.2f} at ${PRICES[MODEL]}/1M"
     )
+    write_section("p5_openai_preflight", out.lines)
 
 
 if __name__ == "__main__":

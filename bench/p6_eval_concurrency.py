@@ -4,7 +4,8 @@
 What is timed is what evaluation runs: `OpenAITextModel.generate` (the openai SDK client built from settings,
 its circuit breaker and the `chat_concurrency` limit) over N held-out prompts, against the local
 OpenAI-compatible test server (finetune_assets_tests/fake_openai.py) answering each chat completion after
-`--latency` seconds. The server's own count of concurrent requests is printed: it must never exceed C.
+`--latency` seconds. The server's own count of concurrent requests is printed: it must never exceed C. Writes its
+lines into docs/performance.md (section `p6_eval_concurrency`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the test server lives in finetune_assets_tests
+
+from timing import Report, write_section  # bench/timing.py
 
 from finetune_assets.finetuning.openai_backend import OpenAITextModel
 from finetune_assets.finetuning.openai_client import OpenAIClient
@@ -39,10 +42,9 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     args = parser.parse_args()
+    out = Report()
     prompts = [[{"role": "user", "content": f"Write post {i} about our launch."}] for i in range(args.calls)]
-    print(
-        f"P6 {args.calls} chat completions at {args.latency * 1000:.0f} ms server latency (server in its own process)"
-    )
+    out(f"P6 {args.calls} chat completions at {args.latency * 1000:.0f} ms server latency (server in its own process)")
     context = multiprocessing.get_context("spawn")
     for concurrency in args.concurrency:
         ours, theirs = context.Pipe()
@@ -64,10 +66,11 @@ def main() -> None:
         assert len(outputs) == args.calls and calls == args.calls + concurrency
         ideal = args.calls * args.latency / concurrency
         ratio = wall / ideal
-        print(
+        out(
             f"  C={concurrency:>3}: wall {wall:6.3f} s, N*latency/C {ideal:6.3f} s, ratio {ratio:.3f} "
             f"(goal <= 1.2: {'met' if ratio <= 1.2 else 'MISSED'}); the server saw at most {in_flight} in flight"
         )
+    write_section("p6_eval_concurrency", out.lines)
 
 
 if __name__ == "__main__":
