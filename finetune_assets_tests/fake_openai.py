@@ -2,9 +2,9 @@
 
 The real ``openai`` SDK talks to it over real HTTP (SDK v3 uses httpx2, which ``respx`` cannot patch), so the
 SDK's own request building, response parsing, pagination and retry logic all run for real. The server
-reproduces the contract in ``/work/shared/reference/openai-fine-tuning.md``: files, the fine-tuning job state
-machine advanced per retrieve, events, checkpoints, a base64-encoded results CSV, cursor list envelopes,
-the error envelope with ``x-request-id``, injectable 429/5xx faults and chat completions for base and
+reproduces the public fine-tuning API (https://platform.openai.com/docs/api-reference/fine-tuning):
+files, the job state machine advanced per retrieve, events, checkpoints, a base64-encoded results CSV, cursor
+list envelopes, the error envelope with ``x-request-id``, injectable 429/5xx faults and chat completions for base and
 ``ft:`` models. Standard library only; state lives in one object guarded by one lock.
 """
 
@@ -810,7 +810,7 @@ class FakeOpenAI:
         self._event(state, error["message"], level="error")
 
     def _validate_files(self, state: _JobState) -> dict[str, Any] | None:
-        """The checks the real API runs while ``validating_files`` (reference §10 and §15)."""
+        """The checks the real API runs while ``validating_files`` (format rules, size and token limits)."""
         method_type = state.obj["method"]["type"]
         for param in ("training_file", "validation_file"):
             file_id = state.obj[param]
@@ -1160,7 +1160,7 @@ def _example_messages(example: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _parse_training_jsonl(content: bytes, method_type: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """(problem or None, examples): the format rules of reference §10 for chat SFT and DPO lines."""
+    """(problem or None, examples): the training-file format rules for chat SFT and DPO lines."""
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError:
