@@ -1,4 +1,4 @@
-"""Guardrail metrics: per-user means that the candidate must not make worse (reference §1, pitfall 3).
+"""Guardrail metrics: per-user means that the candidate must not make worse.
 
 The treatment can move the engagement *rate* by changing its denominator (fewer impressions, fewer posts),
 so the promotion also requires that impressions/user, posts/user and engagements/user did not drop by
@@ -6,10 +6,10 @@ more than a pre-registered relative margin. Each guardrail is a pure function of
 :class:`~finetune_assets.experiments.stats.statistics.MeanSums` (n, Σx, Σx²):
 
 * final look: a one-sided **non-inferiority** test at ``alpha`` (default 0.025) on the relative
-  difference (μ_T − μ_C)/|μ_C|, Welch-t interval with the GrowthBook delta-method variance (§2); it
+  difference (μ_T − μ_C)/|μ_C|, Welch-t interval with the GrowthBook delta-method variance; it
   passes when the bound clears −margin. No α correction across guardrails (Schultzberg et al.): each
   must pass on its own, which costs power, not false promotions.
-* hourly: a one-sided always-valid **harm** bound at α_harm/K (Bonferroni over the K guardrails, §1).
+* hourly: a one-sided always-valid **harm** bound at α_harm/K (Bonferroni over the K guardrails).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from finetune_assets.experiments.stats.sequential import OneSidedInterval, one_sided_confidence_sequence
-from finetune_assets.experiments.stats.statistics import ArmSums, EffectEstimate, MeanSums, welch_relative
+from finetune_assets.experiments.stats.confidence_sequences import OneSidedInterval, one_sided_confidence_sequence
+from finetune_assets.experiments.stats.effects import EffectEstimate, welch_relative
+from finetune_assets.experiments.stats.statistics import ArmSums, MeanSums
 from finetune_assets.reporting.formatting import signed_pct
 
 DEFAULT_MARGIN = 0.05
@@ -156,7 +157,7 @@ def harm_check(
     n_star: float,
     higher_is_better: bool = True,
 ) -> HarmCheck:
-    """Harm ⇔ the one-sided always-valid CS excludes 0 on the bad side (§1 step 1).
+    """Harm ⇔ the one-sided always-valid CS excludes 0 on the bad side.
 
     For higher-is-better effects (the primary lift): upper bound of (−∞, Δ̂ + hw] below 0. For
     lower-is-better ones the effect is negated first, i.e. the lower bound Δ̂ − hw is above 0.

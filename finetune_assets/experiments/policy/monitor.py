@@ -1,4 +1,4 @@
-"""The hourly harm and SRM monitor (reference ab-testing.md §1 "Decision structure" steps 1–2).
+"""The hourly harm and SRM monitor: the only looks taken before the final decision.
 
 Call :func:`monitor` once an hour with the cumulative per-arm sums. It may only *stop* the experiment:
 
@@ -7,7 +7,7 @@ Call :func:`monitor` once an hour with the cumulative per-arm sums. It may only 
 * ``stop_harm`` — the one-sided always-valid CS (α_harm = 0.025) shows the candidate lowers the
   engagement rate (upper bound of the relative lift < 0), or a guardrail got worse (α_harm/K each).
 * ``continue`` — otherwise, and always before the minimums (≥ 6 h, and for harm ≥ 200 users and ≥ 25
-  engagements per arm): early-hour ratio estimates are unstable (pitfall 7).
+  engagements per arm): early-hour ratio estimates are unstable.
 
 Wins are never declared here: the promotion test is read once at the end (:mod:`.decision`). Every
 statistic peeked at is always-valid, so hourly peeking inflates neither error rate. The function is
@@ -26,21 +26,10 @@ import numpy as np
 import numpy.typing as npt
 
 from finetune_assets.experiments.policy.guardrails import Guardrail, HarmCheck, guardrail_harm_check, harm_check
-from finetune_assets.experiments.stats.sequential import (
-    SEQUENTIAL_SRM_ALPHA,
-    SequentialSrmResult,
-    cs_half_width,
-    sequential_srm,
-)
-from finetune_assets.experiments.stats.statistics import (
-    SRM_THRESHOLD,
-    ArmSums,
-    LiftEstimate,
-    SrmResult,
-    check_srm,
-    relative_lift,
-    relative_lift_arrays,
-)
+from finetune_assets.experiments.stats.confidence_sequences import cs_half_width
+from finetune_assets.experiments.stats.sequential import SEQUENTIAL_SRM_ALPHA, SequentialSrmResult, sequential_srm
+from finetune_assets.experiments.stats.srm import SRM_THRESHOLD, SrmResult, check_srm
+from finetune_assets.experiments.stats.statistics import ArmSums, LiftEstimate, relative_lift, relative_lift_arrays
 
 ALPHA_HARM = 0.025
 """One-sided level of the harm monitor on the primary; guardrails share it (α_harm/K each)."""
@@ -115,7 +104,7 @@ def minimums_met(
     min_users_per_arm: int = MIN_USERS_PER_ARM,
     min_engagements_per_arm: int = MIN_ENGAGEMENTS_PER_ARM,
 ) -> tuple[bool, str]:
-    """(met, what is missing in words) for the "no decision before" rule (§1 step 1, pitfall 7)."""
+    """(met, what is missing in words) for the "no decision before" rule."""
     missing = []
     if hours_elapsed < min_hours:
         missing.append(f"{min_hours:g} h of traffic (now {hours_elapsed:.1f} h)")
@@ -151,7 +140,8 @@ def monitor(
         control, treatment: cumulative per-arm sums of per-user engagements/impressions (store.arm_totals).
         hours_elapsed: hours since the (current phase of the) experiment started.
         n_star: forecast total users in both arms at the planned end (168 h), fixed before the start;
-            the same value at every look (pitfall 11).
+            the same value at every look (re-tuning ρ from the data would break the
+            anytime-valid guarantee).
         alpha_harm: one-sided level of the primary harm test; each of the K guardrails gets alpha_harm/K.
         guardrails: per-user guardrail metrics (:func:`~.guardrails.default_guardrails`).
         split: configured treatment share of enrolled users.

@@ -1,13 +1,13 @@
-"""Deterministic user -> arm assignment (GrowthBook FNV-1a v2 hashing, reference ab-testing.md §1, §4).
+"""Deterministic user -> arm assignment (GrowthBook FNV-1a v2 hashing).
 
 Assignment is a pure function of ``(salt, user_id, split, coverage)``: no Python ``hash()`` (salted per
 process by ``PYTHONHASHSEED``), no ``random``, no state. Redis or Postgres may cache the result, but the
-hash is the source of truth, so any process, replica or later re-analysis gets the same arm (T13).
+hash is the source of truth, so any process, replica or later re-analysis gets the same arm.
 
-Encoding choice (§4 pitfall): ids are normalized to ``str(user_id).strip()`` and FNV-1a XORs one Unicode
-*code point* at a time, exactly like the GrowthBook Python SDK (``ord(ch)``). For the ASCII ids we use
-(decimal user ids, slugs) this also equals the JS SDK; they differ only for astral characters (emoji),
-where JS hashes UTF-16 code units.
+Encoding choice (SDKs disagree on non-ASCII ids): ids are normalized to ``str(user_id).strip()`` and
+FNV-1a XORs one Unicode *code point* at a time, exactly like the GrowthBook Python SDK (``ord(ch)``). For
+the ASCII ids we use (decimal user ids, slugs) this also equals the JS SDK; they differ only for astral
+characters (emoji), where JS hashes UTF-16 code units.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _CHUNK = 65_536  # ids hashed per numpy pass in `hash_buckets`; bounds the code-
 
 
 def fnv1a32(text: str) -> int:
-    """32-bit FNV-1a over the code points of ``text`` (§4: ``h ^= ord(ch); h *= prime mod 2**32``)."""
+    """32-bit FNV-1a over the code points of ``text`` (``h ^= ord(ch); h *= prime mod 2**32``)."""
     h = FNV_OFFSET_BASIS
     for ch in text:
         h = ((h ^ ord(ch)) * FNV_PRIME) & _MASK32
@@ -43,11 +43,11 @@ def fnv1a32(text: str) -> int:
 
 
 def hash_bucket(seed: str, value: str, version: int = 2) -> float | None:
-    """GrowthBook's bucket in [0, 1) for ``value`` under ``seed`` (§4); ``None`` for an unknown version.
+    """GrowthBook's bucket in [0, 1) for ``value`` under ``seed``; ``None`` for an unknown version.
 
     v2 re-hashes the decimal string of the first hash, which decorrelates experiments whose seeds
     share a prefix; v1 (``value + seed``, 1,000 buckets) is kept only for the SDK test vectors and as
-    the negative control of T12b — never use it for new experiments.
+    the negative control of the tests' cross-experiment independence check — never use it for new experiments.
     """
     if version == 2:
         return _bucket_v2(seed, value)
@@ -113,11 +113,11 @@ def _check_split_coverage(split: float, coverage: float) -> None:
 
 
 def bucket_ranges(split: float, coverage: float) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Half-open bucket ranges ``[cum_w_i, cum_w_i + coverage * w_i)`` for (control, treatment) (§4).
+    """Half-open bucket ranges ``[cum_w_i, cum_w_i + coverage * w_i)`` for (control, treatment).
 
     Weights are ``(1 - split, split)``. Each range grows only at its right end as coverage rises, so
-    ramping coverage adds users and never moves an enrolled one (T14); changing ``split`` does move
-    users, hence a new phase with a new salt (§1).
+    ramping coverage adds users and never moves an enrolled one; changing ``split`` does move
+    users, hence a new phase with a new salt.
     """
     _check_split_coverage(split, coverage)
     w_control, w_treatment = 1.0 - split, float(split)
@@ -125,12 +125,12 @@ def bucket_ranges(split: float, coverage: float) -> tuple[tuple[float, float], t
 
 
 def assign_variant(user_id: str | int, salt: str, *, split: float = 0.5, coverage: float = 1.0) -> Variant | None:
-    """The arm of ``user_id`` in the experiment phase ``salt`` (``"{experiment_id}:{phase}"``, §1).
+    """The arm of ``user_id`` in the experiment phase ``salt`` (``"{experiment_id}:{phase}"``).
 
     ``split`` is the treatment (candidate) share of enrolled users; ``coverage`` the enrolled share of
     all users. Returns ``None`` when the user is not enrolled (they get production, and are not
     logged as exposed). One hash decides both enrollment and arm, GrowthBook-style; the ranges make
-    enrollment monotone in coverage, which is what the separate enrollment salt of §1 is for.
+    enrollment monotone in coverage, so no separate enrollment hash is needed for that.
     """
     try:
         seed_state, c_low, c_high, t_low, t_high = _plan(salt, split, coverage)

@@ -14,13 +14,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from finetune_assets.errors import FinetuneAssetsError
-from finetune_assets.experiments.policy.decision import (
-    FinalDecision,
-    PowerGateResult,
-    final_decision,
-    power_gate,
-    validate_phase_change,
-)
+from finetune_assets.experiments.policy.decision import FinalDecision, final_decision
+from finetune_assets.experiments.policy.launch import PowerGateResult, power_gate, validate_phase_change
 from finetune_assets.experiments.policy.guardrails import default_guardrails
 from finetune_assets.experiments.policy.monitor import MonitorResult, monitor
 from finetune_assets.experiments.stats.statistics import ArmSums

@@ -30,7 +30,7 @@ from finetune_assets.experiments.policy.monitor import (
     monitor,
     primary_harm_arrays,
 )
-from finetune_assets.experiments.stats.sequential import cs_half_width
+from finetune_assets.experiments.stats.confidence_sequences import cs_half_width
 from finetune_assets.experiments.stats.statistics import ArmSums, MeanSums, relative_lift_arrays
 from finetune_assets_tests.experiments._simulation import HOURS, first_true_hour, hourly_arm_sums
 

@@ -1,4 +1,4 @@
-"""Assignment: hash vectors, uniformity, independence, determinism and ramping (ab-testing.md §4, §7)."""
+"""Assignment: hash vectors, uniformity, independence, determinism and ramping."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from finetune_assets.experiments.runtime.assignment import (
     normalize_user_id,
 )
 
-# T11: growthbook-python tests/cases.json (specVersion 0.7.1), (seed, value, version) -> bucket.
+# GrowthBook SDK test vectors: growthbook-python tests/cases.json (specVersion 0.7.1), (seed, value, version) -> bucket.
 HASH_VECTORS = [
     ("seed", "a", 2, 0.0505),
     ("seed", "b", 2, 0.2696),
@@ -58,7 +58,7 @@ def test_fnv1a32_known_values() -> None:
 
 
 def _independent_v2_bucket(seed: str, value: str) -> float:
-    """Second implementation (T13) over UTF-32 code units, written differently from the module's."""
+    """Second implementation over UTF-32 code units, written differently from the module's."""
 
     def fnv(data: str) -> int:
         h = 2166136261

@@ -1,4 +1,4 @@
-"""One-sided confidence sequence, sequential p-value and sequential SRM (ab-testing.md §3.2, §5, §7).
+"""Sequential SRM: the Bayes factor, the running minimum and its Monte-Carlo alarm rates.
 
 Monte-Carlo SRM targets use counts only (users per hour ~ Poisson), so they are cheap: 4,000 A/A runs
 (SE of a rate near 0.02 is 0.0022; near 0.0005 it is 0.00035) and 1,000 runs with 5 % of treatment
@@ -7,204 +7,13 @@ users lost (SE near 0.8 is 0.0126).
 
 from __future__ import annotations
 
-import itertools
-import math
-
 import numpy as np
 import pytest
 from scipy import stats
 
-from finetune_assets.experiments.stats import sequential
-from finetune_assets.experiments.stats.sequential import (
-    NUMERICAL_PVALUE_NOT_CONVERGED,
-    P_VALUE_MAX_ALPHA,
-    P_VALUE_MIN_ALPHA,
-    Side,
-    cs_half_width,
-    one_sided_confidence_sequence,
-    one_sided_sequential_p_value,
-    sequential_rho,
-    sequential_srm,
-    srm_log_bayes_factor,
-)
-from finetune_assets.experiments.stats.statistics import confidence_sequence, srm_p_value, srm_p_values
+from finetune_assets.experiments.stats.sequential import sequential_srm, srm_log_bayes_factor
+from finetune_assets.experiments.stats.srm import srm_p_values
 from finetune_assets_tests.experiments._simulation import first_true_hour, hourly_exposure_counts
-
-
-def _reference_one_sided_half_width(se: float, n: float, alpha: float, n_star: float) -> float:
-    """§3.2 written out independently: ρ with 2α, log(1 + √(Nρ² + 1)/(2α))."""
-    a = 2 * alpha
-    rho2 = (-2 * math.log(a) + math.log(-2 * math.log(a) + 1)) / n_star
-    s2 = se**2 * n
-    return math.sqrt(s2 * 2 * (n * rho2 + 1) / (n**2 * rho2) * math.log(1 + math.sqrt(n * rho2 + 1) / (2 * alpha)))
-
-
-# --- confidence sequences -------------------------------------------------------------------------------
-
-
-def test_one_sided_rho_uses_two_alpha() -> None:
-    assert sequential_rho(0.025, 20_000, one_sided=True) == pytest.approx(sequential_rho(0.05, 20_000))
-    assert sequential_rho(0.05, 5000) == pytest.approx(
-        math.sqrt((-2 * math.log(0.05) + math.log(-2 * math.log(0.05) + 1)) / 5000)
-    )
-
-
-def test_one_sided_half_width_matches_the_formula_scalar_and_vectorized() -> None:
-    rng = np.random.default_rng(31)
-    se = rng.uniform(0.001, 2.0, size=200)
-    n = rng.integers(2, 10**6, size=200).astype(float)
-    for alpha, n_star in ((0.025, 20_000.0), (0.1, 500.0), (0.001, 1e6)):
-        vec = cs_half_width(se, n, alpha=alpha, n_star=n_star, one_sided=True)
-        assert isinstance(vec, np.ndarray)
-        expected = [_reference_one_sided_half_width(s, k, alpha, n_star) for s, k in zip(se, n, strict=True)]
-        np.testing.assert_allclose(vec, expected, rtol=1e-12)
-        scalar = cs_half_width(float(se[0]), float(n[0]), alpha=alpha, n_star=n_star, one_sided=True)
-        assert isinstance(scalar, float)
-        assert scalar == pytest.approx(expected[0], rel=1e-12)
-
-
-def test_two_sided_kernel_is_the_confidence_sequence_width() -> None:
-    cs = confidence_sequence(0.3, 0.05, 6461, alpha=0.05, n_star=5000)
-    assert cs_half_width(0.05, 6461, alpha=0.05, n_star=5000) == pytest.approx((cs.ci_high - cs.ci_low) / 2)
-
-
-def test_one_sided_multiplier_at_n_star() -> None:
-    # At N = N*, α = 0.025: ≈ 3.09 SE against 1.96 for the fixed one-sided test (≈ 2.5× the variance).
-    hw = cs_half_width(1.0, 20_000, alpha=0.025, n_star=20_000, one_sided=True)
-    assert hw == pytest.approx(_reference_one_sided_half_width(1.0, 20_000, 0.025, 20_000))
-    assert 3.0 < hw < 3.2
-    # Wider than the two-sided CS at 2α (the "1 +" inside the log), much narrower than no correction at all.
-    assert hw > cs_half_width(1.0, 20_000, alpha=0.05, n_star=20_000)
-
-
-def test_one_sided_intervals_have_one_finite_end() -> None:
-    harm = one_sided_confidence_sequence(-0.1, 0.02, 20_000, n_star=20_000, alpha=0.025, side="lesser")
-    assert harm.lower == -math.inf
-    assert harm.upper == pytest.approx(-0.1 + harm.half_width)
-    assert harm.bound == harm.upper
-    assert harm.excludes(0.0)
-    win = one_sided_confidence_sequence(0.1, 0.02, 20_000, n_star=20_000, alpha=0.025, side="greater")
-    assert win.upper == math.inf
-    assert win.lower == pytest.approx(0.1 - win.half_width)
-    assert win.excludes(0.0)
-    assert win.half_width == harm.half_width
-    small = one_sided_confidence_sequence(-0.01, 0.02, 20_000, n_star=20_000)
-    assert not small.excludes(0.0)
-
-
-@pytest.mark.parametrize("alpha", [0.5, 0.7, 1.0, 0.0, -0.1, float("nan")])
-def test_one_sided_refuses_alpha_at_or_above_one_half(alpha: float) -> None:
-    with pytest.raises(ValueError, match="alpha"):
-        one_sided_confidence_sequence(0.0, 0.1, 100, n_star=100, alpha=alpha)
-    with pytest.raises(ValueError, match="alpha"):
-        one_sided_sequential_p_value(0.0, 0.1, 100, n_star=100, alpha=alpha)
-    with pytest.raises(ValueError, match="alpha"):
-        cs_half_width(0.1, 100, alpha=alpha, n_star=100, one_sided=True)
-
-
-def test_bad_inputs_raise_value_error_naming_them() -> None:
-    cases = [
-        (lambda: one_sided_confidence_sequence(0.0, 0.1, 100, n_star=0), "n_star"),
-        (lambda: one_sided_confidence_sequence(0.0, 0.1, 100, n_star=float("inf")), "n_star"),
-        (lambda: one_sided_confidence_sequence(0.0, -0.1, 100, n_star=100), "se"),
-        (lambda: one_sided_confidence_sequence(float("nan"), 0.1, 100, n_star=100), "expected"),
-        (lambda: one_sided_confidence_sequence(0.0, 0.1, 0, n_star=100), "n_total"),
-        (lambda: one_sided_confidence_sequence(0.0, 0.1, 100, n_star=100, side="both"), "side"),  # type: ignore[arg-type]
-        (lambda: sequential_srm([1, 2], [0.5]), "equal length"),
-        (lambda: sequential_srm([1, 2], [0.5, 0.5], previous_p=1.5), "previous_p"),
-        (lambda: srm_log_bayes_factor([1, 2], [0.5, 0.5], prior_strength=0), "prior_strength"),
-        (lambda: srm_log_bayes_factor([1, -2], [0.5, 0.5]), "counts"),
-        (lambda: srm_log_bayes_factor([1, 2], [-1.0, 2.0]), "weights"),
-    ]
-    for call, name in cases:
-        with pytest.raises(ValueError, match=name):
-            call()
-
-
-def test_t10e_one_sided_cs_width_is_smallest_near_n_star() -> None:
-    def width(n_star: float) -> float:
-        return one_sided_confidence_sequence(0.0, 1.0, 6461, n_star=n_star, alpha=0.025).half_width
-
-    assert width(6461) < width(10_000) < width(10)
-    # And as a function of N for a fixed N*: the multiplier hw/SE is smallest close to N = N*.
-    n = np.array([646.1, 3000, 6461, 15_000, 64_610])
-    multiplier = cs_half_width(np.ones(5), n, alpha=0.025, n_star=6461, one_sided=True)
-    assert int(np.argmin(multiplier)) == 2
-
-
-# --- one-sided sequential p-value -------------------------------------------------------------------------
-
-
-def test_p_value_is_where_the_bound_touches_zero() -> None:
-    est, se, n, n_star, alpha = -0.05, 0.02, 20_000, 20_000, 0.025
-    result = one_sided_sequential_p_value(est, se, n, n_star=n_star, alpha=alpha)
-    assert result.error is None
-    assert result.p_value is not None
-    assert P_VALUE_MIN_ALPHA < result.p_value < P_VALUE_MAX_ALPHA
-    # ρ stays at the design alpha; only the log term moves with the bisected α.
-    rho = sequential_rho(alpha, n_star, one_sided=True)
-    bound = est + cs_half_width(se, n, alpha=result.p_value, n_star=n_star, one_sided=True, rho=rho)
-    assert abs(bound) < 1e-6
-    # The win side mirrors the harm side.
-    win = one_sided_sequential_p_value(-est, se, n, n_star=n_star, alpha=alpha, side="greater")
-    assert win.p_value == pytest.approx(result.p_value, abs=1e-9)
-
-
-def test_p_value_ends_and_not_converged() -> None:
-    # Far past the small end: rejected even at α = 1e-5.
-    assert one_sided_sequential_p_value(-1.0, 0.01, 20_000, n_star=20_000).p_value == P_VALUE_MIN_ALPHA
-    # Wrong direction for a harm test: 0 stays inside even at α = 0.4999.
-    assert one_sided_sequential_p_value(0.2, 0.01, 20_000, n_star=20_000).p_value == P_VALUE_MAX_ALPHA
-    assert one_sided_sequential_p_value(-0.2, 0.01, 20_000, n_star=20_000, side="greater").p_value == (
-        P_VALUE_MAX_ALPHA
-    )
-
-
-def test_p_value_not_converged_is_reported_not_guessed(monkeypatch: pytest.MonkeyPatch) -> None:
-    # With a sane tolerance the bisection converges in ~20-50 steps; starve it to reach the failure path.
-    converged = one_sided_sequential_p_value(-0.07, 0.02, 20_000, n_star=20_000)
-    assert converged.error is None
-    assert converged.iterations > 3
-    monkeypatch.setattr(sequential, "P_VALUE_MAX_ITERATIONS", 3)
-    result = one_sided_sequential_p_value(-0.07, 0.02, 20_000, n_star=20_000)
-    assert result.p_value is None
-    assert result.error == NUMERICAL_PVALUE_NOT_CONVERGED
-    assert result.iterations == 3
-
-
-def test_p_value_is_monotone_in_the_effect() -> None:
-    p = []
-    for est in np.linspace(-0.12, -0.02, 11):
-        result = one_sided_sequential_p_value(float(est), 0.02, 20_000, n_star=20_000)
-        assert result.p_value is not None
-        p.append(result.p_value)
-    assert all(a <= b for a, b in itertools.pairwise(p))
-
-
-def test_t15_one_sided_p_value_and_cs_agree_over_random_inputs() -> None:
-    rng = np.random.default_rng(150)
-    checked = rejected = 0
-    for _ in range(1500):
-        alpha = float(rng.choice([0.001, 0.01, 0.025, 0.05, 0.1, 0.2]))
-        side: Side = "lesser" if rng.random() < 0.5 else "greater"
-        n_star = float(rng.choice([500, 5000, 20_000, 200_000]))
-        n = int(rng.integers(10, 100_000))
-        se = float(rng.uniform(0.001, 0.1))
-        est = float(rng.normal(0.0, 4.0 * se))
-        cs = one_sided_confidence_sequence(est, se, n, n_star=n_star, alpha=alpha, side=side)
-        result = one_sided_sequential_p_value(est, se, n, n_star=n_star, alpha=alpha, side=side)
-        assert result.error is None
-        assert result.p_value is not None
-        if abs(cs.bound) < 1e-6:
-            continue  # within the bisection tolerance of the boundary either answer is right
-        assert (result.p_value <= alpha) == cs.excludes(0.0), (est, se, n, n_star, alpha, side, result)
-        checked += 1
-        rejected += cs.excludes(0.0)
-    assert checked > 1450
-    assert 100 < rejected < checked - 100  # both outcomes exercised
-
-
-# --- sequential SRM ---------------------------------------------------------------------------------------
 
 
 def test_srm_bayes_factor_is_dirichlet_multinomial_over_multinomial() -> None:
@@ -243,13 +52,17 @@ def test_sequential_srm_keeps_the_running_minimum() -> None:
     assert sequential_srm([8000, 2000], [0.5, 0.5]).alarm
 
 
-def test_srm_p_values_vectorized_matches_scalar() -> None:
-    rng = np.random.default_rng(5)
-    counts = rng.integers(0, 2000, size=(50, 3))
-    counts[0] = 0
-    for weights in ([0.5, 0.5, 0.0], [0.2, 0.3, 0.5]):
-        vec = srm_p_values(counts, weights)
-        assert vec.tolist() == pytest.approx([srm_p_value(list(c), weights) for c in counts])
+def test_bad_inputs_raise_value_error_naming_them() -> None:
+    cases = [
+        (lambda: sequential_srm([1, 2], [0.5]), "equal length"),
+        (lambda: sequential_srm([1, 2], [0.5, 0.5], previous_p=1.5), "previous_p"),
+        (lambda: srm_log_bayes_factor([1, 2], [0.5, 0.5], prior_strength=0), "prior_strength"),
+        (lambda: srm_log_bayes_factor([1, -2], [0.5, 0.5]), "counts"),
+        (lambda: srm_log_bayes_factor([1, 2], [-1.0, 2.0]), "weights"),
+    ]
+    for call, name in cases:
+        with pytest.raises(ValueError, match=name):
+            call()
 
 
 @pytest.fixture(scope="module")
@@ -257,19 +70,19 @@ def aa_exposures() -> np.ndarray:
     return hourly_exposure_counts(np.random.default_rng(9_001), 4000, 20_000, 0.0)
 
 
-def test_t9b_hourly_chi_square_is_only_a_warning(aa_exposures: np.ndarray) -> None:
+def test_hourly_chi_square_is_only_a_warning(aa_exposures: np.ndarray) -> None:
     p = srm_p_values(aa_exposures, [0.5, 0.5])
     any_hour = float((p < 0.001).any(axis=1).mean())
-    assert any_hour <= 0.03, any_hour  # reference 0.015–0.0215; SE 0.0022 at 4,000 runs
+    assert any_hour <= 0.03, any_hour  # expected 0.015–0.0215; SE 0.0022 at 4,000 runs
     # Not sequentially valid: peeking hourly raises the A/A alarm rate well above the single look's.
     assert any_hour > float((p[:, -1] < 0.001).mean())
 
 
-def test_t9d_sequential_srm_aa_false_alarms(aa_exposures: np.ndarray) -> None:
+def test_sequential_srm_aa_false_alarms(aa_exposures: np.ndarray) -> None:
     log_bf = srm_log_bayes_factor(aa_exposures, [0.5, 0.5])
     anytime_p = np.minimum.accumulate(np.minimum(1.0, np.exp(-log_bf)), axis=1)
     rate = float((anytime_p < 0.001).any(axis=1).mean())
-    assert rate <= 0.003, rate  # reference 0.0005; SE 0.00035 at 4,000 runs
+    assert rate <= 0.003, rate  # expected ≈ 0.0005; SE 0.00035 at 4,000 runs
     # The scalar API, look by look, carries the same running minimum.
     previous = 1.0
     for hour in range(aa_exposures.shape[1]):
@@ -278,10 +91,10 @@ def test_t9d_sequential_srm_aa_false_alarms(aa_exposures: np.ndarray) -> None:
         assert previous == pytest.approx(anytime_p[0, hour], rel=1e-9)
 
 
-def test_t9d_sequential_srm_detects_5_percent_of_treatment_users_lost() -> None:
+def test_sequential_srm_detects_5_percent_of_treatment_users_lost() -> None:
     counts = hourly_exposure_counts(np.random.default_rng(9_005), 1000, 20_000, 0.05)
     log_bf = srm_log_bayes_factor(counts, [0.5, 0.5])
     alarm = np.minimum.accumulate(np.exp(-log_bf), axis=1) < 0.001
     detection = float(alarm.any(axis=1).mean())
-    assert detection >= 0.70, detection  # reference 0.794; SE 0.0126 at 1,000 runs
-    assert float(np.median(first_true_hour(alarm))) <= 150  # reference median ≈ 100–115 h
+    assert detection >= 0.70, detection  # expected ≈ 0.794; SE 0.0126 at 1,000 runs
+    assert float(np.median(first_true_hour(alarm))) <= 150  # expected median ≈ 100–115 h
