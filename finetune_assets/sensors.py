@@ -37,8 +37,8 @@ def training_data_sensor(
     running = db.running_experiment()
     if running is not None:
         return dg.SkipReason(
-            f"{waiting} qualifying examples wait, but experiment {running['experiment_id']} runs until "
-            f"{running['ends_at']:%Y-%m-%d %H:%M} UTC: only one experiment runs at a time, so training waits"
+            f"{waiting} qualifying examples wait, but experiment {running.experiment_id} runs until "
+            f"{running.ends_at:%Y-%m-%d %H:%M} UTC: only one experiment runs at a time, so training waits"
         )
     if waiting < settings.training_data_threshold:
         return dg.SkipReason(
@@ -89,11 +89,11 @@ def ab_test_sensor(
             return dg.SkipReason("no experiment is running and no evaluated candidate waits for one")
         report_run_request("ab_test_sensor", warn=context.log.warning)
         return dg.RunRequest(
-            run_key=f"start-{waiting['evaluation_id']}",
+            run_key=f"start-{waiting.evaluation_id}",
             job_name=finetune_cycle_job.name,
-            partition_key=waiting["partition_key"],
+            partition_key=waiting.partition_key,
             asset_selection=[dg.AssetKey("ab_test")],
-            tags={"finetune_assets/waiting_candidate": waiting["candidate_model"]},
+            tags={"finetune_assets/waiting_candidate": waiting.candidate_model},
         )
     watch = watch_experiment(db, experiment, settings, clock.now())
     if watch.look is not None:
@@ -101,15 +101,15 @@ def ab_test_sensor(
     if not watch.decide:
         return dg.SkipReason(watch.reason)
     report_run_request("ab_test_sensor", warn=context.log.warning)
-    tags = {"finetune_assets/experiment_id": experiment["experiment_id"]}
-    stop = early_stop(db.get_experiment(experiment["experiment_id"]) or experiment)
+    tags = {"finetune_assets/experiment_id": experiment.experiment_id}
+    stop = early_stop(db.get_experiment(experiment.experiment_id) or experiment)
     if stop is not None:
         context.log.warning(watch.reason)
-        tags["finetune_assets/early_stop"] = str(stop["action"])
+        tags["finetune_assets/early_stop"] = stop.action
     return dg.RunRequest(
-        run_key=experiment["experiment_id"],
+        run_key=experiment.experiment_id,
         job_name=ab_test_decision_job.name,
-        partition_key=experiment["partition_key"],
+        partition_key=experiment.partition_key,
         tags=tags,
     )
 

@@ -19,6 +19,7 @@ from finetune_assets.resources.tracking import TrackingResource
 from finetune_assets.settings import Settings, load_settings
 from finetune_assets.simulation import DemoWorldConfig, generate_corpus
 from finetune_assets.store.platform import PlatformStore
+from finetune_assets.store.records import ExperimentRecord
 
 # Service fixtures live in their own modules: the OpenAI-compatible test server, the MLflow tracking server,
 # Postgres and Redis isolation.
@@ -105,7 +106,7 @@ def demo_instance(tmp_path_factory: pytest.TempPathFactory, demo_base_model: Pat
     return materialize_demo_world(tmp_path_factory.mktemp("demo"), demo_base_model)
 
 
-def start_experiment(store: PlatformStore, ends_in_hours: float = 168) -> dict:
+def start_experiment(store: PlatformStore, ends_in_hours: float = 168) -> ExperimentRecord:
     """A running experiment `exp-1` of cycle 2026-11-15 whose window ends `ends_in_hours` after NOW."""
     return store.start_experiment(
         experiment_id="exp-1",

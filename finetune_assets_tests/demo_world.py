@@ -140,16 +140,14 @@ def materialize_demo_world(root: Path, base_model: Path, **config_overrides: obj
         backend = make_backend("local", state_dir)
         simulate_ab_traffic(store, backend, settings, experiment, WORLD, progress=lambda _line: None)
         tick = ab_test_sensor(
-            dg.build_sensor_context(
-                instance=instance, resources=resources_for(config, state_dir, experiment["ends_at"])
-            )
+            dg.build_sensor_context(instance=instance, resources=resources_for(config, state_dir, experiment.ends_at))
         )
         assert isinstance(tick, dg.RunRequest), tick
-        run("ab_test_decision_job", now=experiment["ends_at"])
+        run("ab_test_decision_job", now=experiment.ends_at)
     materialized = {
         e.asset_key.to_user_string(): e.materialization.metadata for e in cycle.get_asset_materialization_events()
     }
-    decided = store.get_experiment(experiment["experiment_id"])
+    decided = store.get_experiment(experiment.experiment_id)
     assert decided is not None
     store.insert_posts(generate_corpus(NEXT_WEEK, now=NOW, first_post_id=store.max_post_id() + 1))
     return DemoInstance(
@@ -160,7 +158,7 @@ def materialize_demo_world(root: Path, base_model: Path, **config_overrides: obj
         partition=CYCLE,
         model_id=str(materialized["fine_tuned_model"]["model_id"].value),
         dataset_id=str(materialized["training_data"]["dataset_id"].value),
-        experiment_id=str(experiment["experiment_id"]),
-        promoted=decided["decision"] == "promote",
+        experiment_id=str(experiment.experiment_id),
+        promoted=decided.decision == "promote",
         progress_lines=tuple(terminal.getvalue().splitlines()),
     )

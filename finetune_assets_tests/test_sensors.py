@@ -61,10 +61,10 @@ def test_ab_test_sensor_waits_for_the_window_then_fires_once(
     experiment = start_experiment(store, ends_in_hours=30)
     waiting = tick(ab_test_sensor, instance, config, state_dir)
     assert isinstance(waiting, dg.SkipReason) and "30.0 h left" in (waiting.skip_message or "")
-    fired = tick(ab_test_sensor, instance, config, state_dir, now=experiment["ends_at"])
+    fired = tick(ab_test_sensor, instance, config, state_dir, now=experiment.ends_at)
     assert isinstance(fired, dg.RunRequest)
     assert fired.run_key == "exp-1" and fired.partition_key == "2026-11-15"
-    later = tick(ab_test_sensor, instance, config, state_dir, now=experiment["ends_at"] + timedelta(hours=5))
+    later = tick(ab_test_sensor, instance, config, state_dir, now=experiment.ends_at + timedelta(hours=5))
     assert isinstance(later, dg.RunRequest) and later.run_key == fired.run_key  # same key: Dagster dedupes
 
 

@@ -37,10 +37,10 @@ def evaluation_scores(
     settings = pipeline.get()
     db = store.get()
     model = db.latest_model(context.partition_key)
-    if model is None or model["status"] != "succeeded":
+    if model is None or model.status != "succeeded":
         raise dg.Failure(f"no successfully fine-tuned model for cycle {context.partition_key}")
     champion_id = db.production_model(default=settings.base_model)
-    holdout = db.load_examples(model["dataset_id"], "holdout")[: settings.evaluation.max_holdout_examples]
+    holdout = db.load_examples(model.dataset_id, "holdout")[: settings.evaluation.max_holdout_examples]
     if len(holdout) < settings.evaluation.min_holdout_examples:
         raise dg.Failure(
             f"only {len(holdout)} held-out examples for cycle {context.partition_key}; "
@@ -60,8 +60,8 @@ def evaluation_scores(
         "seed": settings.evaluation.generation_seed,
     }
     say = reporter(context.log.info)
-    say(f"evaluation 1/2: candidate {model['model_id']} on {len(holdout)} held-out prompts")
-    candidate_model = LazyModel(model["model_id"], lambda: backend.load(model["model_id"]))
+    say(f"evaluation 1/2: candidate {model.model_id} on {len(holdout)} held-out prompts")
+    candidate_model = LazyModel(model.model_id, lambda: backend.load(model.model_id))
     champion_model = LazyModel(champion_id, lambda: backend.load(champion_id))
     try:
         candidate = score_model(candidate_model, holdout, predictor, cache=cache, **options)
@@ -102,7 +102,7 @@ def evaluation_scores(
     check = candidate_not_worse(scores, settings.evaluation.max_relative_regression)
     db.record_evaluation(
         partition_key=context.partition_key,
-        candidate=model["model_id"],
+        candidate=model.model_id,
         champion=champion_id,
         passed=check.passed,
         scores={**scores, "n_holdout": len(holdout), "scorer_version": SCORER_VERSION},
@@ -116,7 +116,7 @@ def evaluation_scores(
     context.log.info(f"evaluation cache ({cache.describe()}): {cache.hits} hits, {cache.misses} misses")
     return dg.MaterializeResult(
         metadata={
-            "candidate_model": model["model_id"],
+            "candidate_model": model.model_id,
             "champion_model": champion_id,
             "n_holdout": len(holdout),
             "candidate_heldout_loss": candidate.heldout_loss,

@@ -6,9 +6,7 @@ hourly harm/SRM monitor and launches the outcome when the clock passes the windo
 the test (a pod never sleeps for 168 hours). The logic lives in `experiments/lifecycle.py`.
 """
 
-from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
 
 import dagster as dg
 
@@ -32,7 +30,9 @@ from finetune_assets.resources.cache import RedisResource
 from finetune_assets.resources.clock import ClockResource
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.store import StoreResource
-from finetune_assets.store.platform import ExperimentAlreadyRunning, PlatformStore
+from finetune_assets.store.experiments import ExperimentAlreadyRunning
+from finetune_assets.store.platform import PlatformStore
+from finetune_assets.store.records import ExperimentRecord
 
 
 @cycle_asset(
@@ -52,15 +52,15 @@ def ab_test(
     settings = pipeline.get()
     db = store.get()
     evaluation = db.latest_evaluation(context.partition_key)
-    if evaluation is None or not evaluation["passed"]:
+    if evaluation is None or not evaluation.passed:
         raise dg.Failure(
             f"cycle {context.partition_key}: the candidate has no passing evaluation; no experiment starts"
         )
-    candidate = evaluation["candidate_model"]
+    candidate = evaluation.candidate_model
     existing = db.latest_experiment(context.partition_key)
-    if existing is not None and existing["treatment_model"] == candidate:
+    if existing is not None and existing.treatment_model == candidate:
         experiment = existing
-        context.log.info(f"experiment {experiment['experiment_id']} already started for {candidate}")
+        context.log.info(f"experiment {experiment.experiment_id} already started for {candidate}")
     else:
         try:
             experiment = launch_experiment(
@@ -74,36 +74,36 @@ def ab_test(
         except (LaunchRefused, ExperimentAlreadyRunning) as exc:
             raise dg.Failure(str(exc)) from None
     publish_routing(redis, db, settings.base_model, context.log.warning)
-    details = experiment["details"]
-    gate = details.get("power_gate", {})
+    details = experiment.details
+    gate = details.power_gate
     return dg.MaterializeResult(
         metadata={
-            "experiment_id": experiment["experiment_id"],
-            "control_model": experiment["control_model"],
-            "treatment_model": experiment["treatment_model"],
-            "salt": experiment["salt"],
-            "split": experiment["split"],
-            "coverage": experiment["coverage"],
-            "started_at": dg.MetadataValue.timestamp(experiment["started_at"]),
-            "ends_at": dg.MetadataValue.timestamp(experiment["ends_at"]),
+            "experiment_id": experiment.experiment_id,
+            "control_model": experiment.control_model,
+            "treatment_model": experiment.treatment_model,
+            "salt": experiment.salt,
+            "split": experiment.split,
+            "coverage": experiment.coverage,
+            "started_at": dg.MetadataValue.timestamp(experiment.started_at),
+            "ends_at": dg.MetadataValue.timestamp(experiment.ends_at),
             "duration_hours": settings.a_b_test_duration_hours,
-            "powered": bool(gate.get("ok", False)),
-            "power_gate": str(gate.get("reason", "not checked")),
-            "power_at_forecast": dg.MetadataValue.float(float(gate.get("power_at_forecast") or 0.0)),
-            "required_users": int(gate.get("required_users") or 0),
-            "forecast_users": int(details.get("forecast_users") or 0),
-            "n_star": int(details.get("n_star") or 0),
+            "powered": gate is not None and gate.ok,
+            "power_gate": gate.reason if gate is not None else "not checked",
+            "power_at_forecast": dg.MetadataValue.float((gate and gate.power_at_forecast) or 0.0),
+            "required_users": (gate and gate.required_users) or 0,
+            "forecast_users": details.forecast_users or 0,
+            "n_star": details.n_star or 0,
         }
     )
 
 
-def lift_over_time_markdown(db: PlatformStore, experiment: Mapping[str, Any], alpha: float) -> str:
+def lift_over_time_markdown(db: PlatformStore, experiment: ExperimentRecord, alpha: float) -> str:
     """The cumulative lift after each day of the window (per-user sums in SQL, one query per day), as a plot."""
 
     def sums_until(cutoff: datetime) -> tuple[ArmSums, ArmSums]:
-        return experiment_sums(db, experiment["experiment_id"], until=cutoff)
+        return experiment_sums(db, experiment.experiment_id, until=cutoff)
 
-    started, ends = experiment["started_at"], experiment["ends_at"]
+    started, ends = experiment.started_at, experiment.ends_at
     points = lift_timeline(started, daily_cutoffs(started, ends), sums_until, alpha=alpha)
     duration = (ends - started).total_seconds() / 3600
     png = lift_over_time_plot(points, confidence=1 - alpha, duration_hours=duration)
@@ -137,11 +137,11 @@ def ab_test_outcome(
         raise dg.Failure(f"cycle {context.partition_key} has no experiment; materialize ab_test first")
     now = clock.now()
     stop = early_stop(experiment)
-    if now < experiment["ends_at"] and stop is None:
-        left = (experiment["ends_at"] - now).total_seconds() / 3600
+    if now < experiment.ends_at and stop is None:
+        left = (experiment.ends_at - now).total_seconds() / 3600
         raise dg.Failure(
-            f"experiment {experiment['experiment_id']} runs {left:.1f} more hours (until "
-            f"{experiment['ends_at']:%Y-%m-%d %H:%M} UTC); ab_test_sensor launches the outcome when it ends"
+            f"experiment {experiment.experiment_id} runs {left:.1f} more hours (until "
+            f"{experiment.ends_at:%Y-%m-%d %H:%M} UTC); ab_test_sensor launches the outcome when it ends"
         )
     outcome = conclude_experiment(db, experiment, settings, now)
     decision, control, treatment = outcome.decision, outcome.control, outcome.treatment
@@ -165,7 +165,7 @@ def ab_test_outcome(
     rows = [
         (
             arm,
-            f"`{experiment['control_model' if arm == 'control' else 'treatment_model']}`",
+            f"`{experiment.model_of(arm)}`",
             s.n,
             f"{s.sum_d:,.0f}",
             f"{s.sum_m:,.0f}",
@@ -173,9 +173,9 @@ def ab_test_outcome(
         )
         for arm, s in (("control", control), ("treatment", treatment))
     ]
-    details = experiment["details"]
+    details = experiment.details
     metadata: dict[str, object] = {
-        "experiment_id": experiment["experiment_id"],
+        "experiment_id": experiment.experiment_id,
         "decision": decision.action,
         "decision_code": decision.code,
         "reason": decision.reason,
@@ -186,10 +186,10 @@ def ab_test_outcome(
         "users_treatment": users["treatment"],
         "srm_p_value": decision.srm.p_value,
         "srm_sequential_p": decision.srm_sequential_p,
-        "harm_alarm": bool(details.get("harm_alarm")),
-        "stopped_early": stop["reason"] if stop else "no",
-        "monitor_looks": int(details.get("monitor_looks", 0)),
-        "powered": bool(details.get("power_gate", {}).get("ok", False)),
+        "harm_alarm": details.harm_alarm,
+        "stopped_early": stop.reason if stop else "no",
+        "monitor_looks": details.monitor_looks,
+        "powered": details.power_gate is not None and details.power_gate.ok,
         "guardrails": dg.MetadataValue.md(guardrail_table(decision)),
         "checks": dg.MetadataValue.md(
             table(
@@ -197,9 +197,9 @@ def ab_test_outcome(
                 [(c.name, "yes" if c.passed else "no", c.message) for c in decision.checks],
             )
         ),
-        "window_start": dg.MetadataValue.timestamp(experiment["started_at"]),
-        "window_end": dg.MetadataValue.timestamp(experiment["ends_at"]),
-        "traffic_source": str(details.get("traffic_source", "live traffic")),
+        "window_start": dg.MetadataValue.timestamp(experiment.started_at),
+        "window_end": dg.MetadataValue.timestamp(experiment.ends_at),
+        "traffic_source": details.traffic_source or "live traffic",
         "lift_plot": dg.MetadataValue.md(lift_over_time_markdown(db, experiment, settings.experiment.alpha)),
     }
     if lift is not None:
@@ -212,7 +212,7 @@ def ab_test_outcome(
                 "confidence_level": 1 - settings.experiment.alpha,
             }
         )
-    context.log.info(f"experiment {experiment['experiment_id']}: {decision.action} — {decision.reason}")
+    context.log.info(f"experiment {experiment.experiment_id}: {decision.action} — {decision.reason}")
     return dg.MaterializeResult(metadata=metadata, check_results=checks)  # type: ignore[arg-type]
 
 

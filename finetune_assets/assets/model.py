@@ -142,15 +142,15 @@ def fine_tuned_model(
             f"no validated training data for cycle {context.partition_key}: materialize training_data first "
             "(its blocking checks must pass)"
         )
-    train = db.load_examples(dataset["dataset_id"], "train")
-    holdout = db.load_examples(dataset["dataset_id"], "holdout")
+    train = db.load_examples(dataset.dataset_id, "train")
+    holdout = db.load_examples(dataset.dataset_id, "holdout")
     validation = holdout[: settings.evaluation.max_holdout_examples]
     base_identity = ensure_base_model(settings, db, context.log)
     backend = openai.backend(settings, db)
     remote = settings.backend == "openai"
     spec = TrainingSpec(
         job_key=hashlib.sha256(
-            f"{dataset['dataset_hash']}:{config_hash(settings)}:{base_identity}".encode()
+            f"{dataset.dataset_hash}:{config_hash(settings)}:{base_identity}".encode()
         ).hexdigest(),
         base_model=settings.base_model,
         train=train,
@@ -159,7 +159,7 @@ def fine_tuned_model(
         suffix=f"cycle-{context.partition_key}",
         metadata={
             "partition": context.partition_key,
-            "dataset_hash": dataset["dataset_hash"],
+            "dataset_hash": dataset.dataset_hash,
             "config_hash": config_hash(settings),
         },
     )
@@ -190,7 +190,7 @@ def fine_tuned_model(
                 "backend": settings.backend,
                 "base_model": settings.base_model,
                 "partition": context.partition_key,
-                "dataset_hash": dataset["dataset_hash"],
+                "dataset_hash": dataset.dataset_hash,
                 "n_train": len(train),
                 **{f"hp_{k}": v for k, v in spec.hyperparameters.items()},
             }
@@ -211,7 +211,7 @@ def fine_tuned_model(
     db.record_model(
         model_id=model_id,
         partition_key=context.partition_key,
-        dataset_id=dataset["dataset_id"],
+        dataset_id=dataset.dataset_id,
         backend=settings.backend,
         base_model=settings.base_model,
         job_id=result.job_id,
@@ -253,8 +253,8 @@ def fine_tuned_model(
             "status": result.status,
             "backend": settings.backend,
             "base_model": settings.base_model,
-            "dataset_id": dataset["dataset_id"],
-            "dataset_hash": dataset["dataset_hash"],
+            "dataset_id": dataset.dataset_id,
+            "dataset_hash": dataset.dataset_hash,
             "n_train": len(train),
             "trained_tokens": result.trained_tokens,
             "final_train_loss": final_loss,

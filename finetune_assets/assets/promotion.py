@@ -33,41 +33,40 @@ def production_model(
     settings = pipeline.get()
     db = store.get()
     experiment = db.latest_experiment(context.partition_key)
-    if experiment is None or experiment["status"] != "decided":
+    if experiment is None or experiment.status != "decided":
         raise dg.Failure(f"cycle {context.partition_key}: no decided, valid experiment to act on")
-    candidate = experiment["treatment_model"]
+    candidate = experiment.treatment_model
     model = db.latest_model(context.partition_key)
     evaluation = db.latest_evaluation(context.partition_key)
-    dataset = db.get_dataset(model["dataset_id"]) if model else None
-    if model is None or evaluation is None or dataset is None or model["model_id"] != candidate:
+    dataset = db.get_dataset(model.dataset_id) if model else None
+    if model is None or evaluation is None or dataset is None or model.model_id != candidate:
         raise dg.Failure(f"cycle {context.partition_key}: candidate {candidate} has no model record to register")
     previous_id = db.production_model(default=settings.base_model)
-    promote = experiment["decision"] == "promote"
-    details = experiment["details"]
+    promote = experiment.decision == "promote"
+    result = experiment.details.decision
+    scores = evaluation.scores
     tags = {
         "partition": context.partition_key,
-        "dataset_hash": dataset["dataset_hash"],
-        "dataset_id": dataset["dataset_id"],
-        "job_id": model["job_id"],
-        "backend": model["backend"],
-        "base_model": model["base_model"],
-        "experiment_id": experiment["experiment_id"],
-        "ab_decision": str(experiment["decision"]),
-        "ab_reason": str(experiment["reason"]),
-        "ab_lift": f"{details.get('lift')}",
-        "eval_candidate_heldout_loss": _tag(evaluation["scores"]["candidate"].get("heldout_loss")),
-        "eval_candidate_predicted_engagement": f"{evaluation['scores']['candidate']['predicted_engagement']:.6f}",
-        "eval_champion_predicted_engagement": f"{evaluation['scores']['champion']['predicted_engagement']:.6f}",
+        "dataset_hash": dataset.dataset_hash,
+        "dataset_id": dataset.dataset_id,
+        "job_id": model.job_id,
+        "backend": model.backend,
+        "base_model": model.base_model,
+        "experiment_id": experiment.experiment_id,
+        "ab_decision": str(experiment.decision),
+        "ab_reason": str(experiment.reason),
+        "ab_lift": f"{result.lift if result else None}",
+        "eval_candidate_heldout_loss": _tag(scores.candidate.heldout_loss),
+        "eval_candidate_predicted_engagement": f"{scores.candidate.predicted_engagement:.6f}",
+        "eval_champion_predicted_engagement": f"{scores.champion.predicted_engagement:.6f}",
     }
-    source = model["details"].get("artifact_uri") or model["model_id"]
+    source = model.details.artifact_uri or model.model_id
     previous = tracking.champion()
-    version = tracking.register(
-        model_id=candidate, source=str(source), run_id=model["details"].get("mlflow_run_id"), tags=tags
-    )
+    version = tracking.register(model_id=candidate, source=source, run_id=model.details.mlflow_run_id, tags=tags)
     if promote:
         tracking.promote(version, previous, previous_id)
     db.record_promotion(
-        experiment_id=experiment["experiment_id"],
+        experiment_id=experiment.experiment_id,
         model_id=candidate if promote else previous_id,
         previous_model_id=previous_id,
         registry_version=version.version,
@@ -89,7 +88,7 @@ def production_model(
             "registry_version": version.version,
             "champion_alias": CHAMPION_ALIAS if promote else "unchanged",
             "rollback_to": previous_id,
-            "experiment_id": experiment["experiment_id"],
-            "decision_reason": str(experiment["reason"]),
+            "experiment_id": experiment.experiment_id,
+            "decision_reason": str(experiment.reason),
         }
     )

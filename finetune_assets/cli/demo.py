@@ -34,6 +34,7 @@ from finetune_assets.simulation import (
     world_users,
 )
 from finetune_assets.store.platform import PlatformStore
+from finetune_assets.store.records import ExperimentRecord
 
 Progress = Callable[[str], None]
 GENERATION_BATCH = 64
@@ -87,7 +88,7 @@ def simulate_ab_traffic(
     store: PlatformStore,
     backend: FineTuningBackend,
     settings: Settings,
-    experiment: dict[str, Any],
+    experiment: ExperimentRecord,
     world: DemoWorldConfig,
     progress: Progress,
 ) -> int:
@@ -97,11 +98,11 @@ def simulate_ab_traffic(
     rng = np.random.default_rng(world.seed + 1)
 
     def assign(user_id: str) -> str | None:
-        return assign_variant(user_id, experiment["salt"], split=experiment["split"], coverage=experiment["coverage"])
+        return assign_variant(user_id, experiment.salt, split=experiment.split, coverage=experiment.coverage)
 
-    hours = int((experiment["ends_at"] - experiment["started_at"]).total_seconds() // 3600)
-    planned = plan_traffic(users, start=experiment["started_at"], hours=hours, assign=assign, rng=rng)
-    models = {"control": experiment["control_model"], "treatment": experiment["treatment_model"]}
+    hours = int((experiment.ends_at - experiment.started_at).total_seconds() // 3600)
+    planned = plan_traffic(users, start=experiment.started_at, hours=hours, assign=assign, rng=rng)
+    models = {"control": experiment.control_model, "treatment": experiment.treatment_model}
     completions: list[str] = [""] * len(planned)
     counter = Counter(len(planned))
     report_every = max(GENERATION_BATCH, len(planned) // 10)
@@ -127,18 +128,26 @@ def simulate_ab_traffic(
         completions,
         users_by_id={u.user_id: u for u in users},
         model_ids=models,
-        experiment_id=experiment["experiment_id"],
+        experiment_id=experiment.experiment_id,
         hidden=HiddenEngagementModel(),
         rng=rng,
         first_post_id=store.max_post_id() + 1,
     )
     written = store.insert_posts(rows)
-    store.annotate_experiment(experiment["experiment_id"], traffic_source=SIMULATION_LABEL)
+    store.annotate_experiment(experiment.experiment_id, traffic_source=SIMULATION_LABEL)
     return written
 
 
 def _ends(points: list[Any]) -> list[Any]:
     return [points[0], points[-1]] if len(points) > 1 else list(points)
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _signed(value: float | None) -> str:
+    return "?" if value is None else f"{value:+.2%}"
 
 
 def format_summary(store: PlatformStore, settings: Settings, partition: str, timings: list[StepTiming]) -> str:
@@ -149,52 +158,51 @@ def format_summary(store: PlatformStore, settings: Settings, partition: str, tim
     experiment = store.latest_experiment(partition)
     lines = [f"finetune-assets demo — cycle {partition}  ({SIMULATION_LABEL})", ""]
     if dataset:
-        rejected = dataset["details"].get("rejected_by_reason", {})
+        rejected = dataset.details.rejected_by_reason
         lines += [
-            f"Training data   {dataset['n_train']} examples used, {dataset['n_holdout']} held out for evaluation, "
-            f"{dataset['n_rejected']} rejected",
+            f"Training data   {dataset.n_train} examples used, {dataset.n_holdout} held out for evaluation, "
+            f"{dataset.n_rejected} rejected",
             "                rejected by reason: "
             + (", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) or "none"),
-            f"                dataset {dataset['dataset_id']} ({dataset['status']})",
+            f"                dataset {dataset.dataset_id} ({dataset.status})",
         ]
     if model:
-        metrics = model["details"].get("metrics", {})
+        metrics = model.details.metrics
         lines.append(
-            f"Fine-tune       {model['model_id']} ({model['status']}); "
+            f"Fine-tune       {model.model_id} ({model.status}); "
             + f"{metrics.get('steps', 0):.0f} steps in {metrics.get('train_seconds', 0):.1f} s; loss "
-            + " → ".join(f"{loss:.3f}" for _, loss in _ends(model["details"].get("losses", [])))
+            + " → ".join(f"{loss:.3f}" for _, loss in _ends(list(model.details.losses)))
             + f"; validation loss {metrics.get('final_validation_loss', float('nan')):.3f}"
         )
     if evaluation:
-        scores = evaluation["scores"]
+        candidate, champion = evaluation.scores.candidate, evaluation.scores.champion
         lines.append(
-            f"Evaluation      held-out loss candidate {scores['candidate']['heldout_loss']:.4f} vs champion "
-            f"{scores['champion']['heldout_loss']:.4f}; predicted engagement candidate "
-            f"{scores['candidate']['predicted_engagement']:.2%} vs champion "
-            f"{scores['champion']['predicted_engagement']:.2%} ({'passed' if evaluation['passed'] else 'failed'})"
+            f"Evaluation      held-out loss candidate {_loss(candidate.heldout_loss)} vs champion "
+            f"{_loss(champion.heldout_loss)}; predicted engagement candidate "
+            f"{candidate.predicted_engagement:.2%} vs champion "
+            f"{champion.predicted_engagement:.2%} ({'passed' if evaluation.passed else 'failed'})"
         )
     if experiment:
-        details = experiment["details"]
-        users = details.get("users", {})
+        result = experiment.details.decision
         lines.append(
-            f"A/B test        {experiment['experiment_id']}, {settings.a_b_test_duration_hours} h, salt "
-            f"{experiment['salt']}, split {experiment['split']:.0%}"
+            f"A/B test        {experiment.experiment_id}, {settings.a_b_test_duration_hours} h, salt "
+            f"{experiment.salt}, split {experiment.split:.0%}"
         )
-        for arm, model_key in (("control", "control_model"), ("treatment", "treatment_model")):
-            rate = details.get(f"{arm}_rate")
+        for arm in ("control", "treatment"):
+            rate = result.rate(arm) if result else None
+            users = result.users.get(arm, 0) if result else 0
             lines.append(
-                f"                {arm:<9} {experiment[model_key]}: {users.get(arm, 0)} users, "
-                f"engagement rate {rate:.3%}"
+                f"                {arm:<9} {experiment.model_of(arm)}: {users} users, engagement rate {rate:.3%}"
                 if rate is not None
                 else f"                {arm}: no traffic"
             )
-        if details.get("lift") is not None:
+        if result is not None and result.lift is not None:
             confidence = 1 - settings.experiment.alpha
             lines.append(
-                f"                lift {details['lift']:+.2%}, {confidence:.0%} CI [{details['ci_low']:+.2%}, "
-                f"{details['ci_high']:+.2%}], p = {details['p_value']:.4f}, SRM p = {details['srm_p_value']:.3f}"
+                f"                lift {result.lift:+.2%}, {confidence:.0%} CI [{_signed(result.ci_low)}, "
+                f"{_signed(result.ci_high)}], p = {result.p_value:.4f}, SRM p = {result.srm_p_value:.3f}"
             )
-        lines.append(f"Decision        {str(experiment['decision']).upper()}: {experiment['reason']}")
+        lines.append(f"Decision        {str(experiment.decision).upper()}: {experiment.reason}")
     lines.append(f"In production   {store.production_model(default=settings.base_model)}")
     lines.append("")
     lines.append("Timings         " + ", ".join(f"{t.name} {t.seconds:.1f} s" for t in timings))
@@ -265,9 +273,9 @@ def run_demo(settings: Settings, *, progress: Progress) -> int:
     backend = make_backend(settings.backend, state_dir)
     posts = simulate_ab_traffic(store, backend, settings, experiment, DEMO_WORLD, progress)
     timings.append(StepTiming("A/B traffic", time.monotonic() - started))
-    progress(f"    {posts} posts written in experiment {experiment['experiment_id']}")
+    progress(f"    {posts} posts written in experiment {experiment.experiment_id}")
 
-    window_end = ClockResource(fixed_now=experiment["ends_at"].isoformat())
+    window_end = ClockResource(fixed_now=experiment.ends_at.isoformat())
     resources = {**(defs.resources or {}), "clock": window_end}
     context = dg.build_sensor_context(instance=instance, definitions=defs, resources=resources)
     tick = ab_test_sensor(context)

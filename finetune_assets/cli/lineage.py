@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from finetune_assets.errors import FinetuneAssetsError
+from finetune_assets.reporting.formatting import iso_seconds, utc_minute
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -50,10 +51,6 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _iso(timestamp: float | None) -> str | None:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds") if timestamp is not None else None
-
-
 def find_materialization(
     instance: dg.DagsterInstance, asset: str, partition: str, key: str, value: str
 ) -> dict[str, Any] | None:
@@ -79,7 +76,7 @@ def find_materialization(
         }
         return {
             "run_id": record.run_id,
-            "materialized_at": _iso(record.timestamp),
+            "materialized_at": iso_seconds(datetime.fromtimestamp(record.timestamp, UTC)),
             "partition": materialization.partition,
             "metadata": metadata,
         }
@@ -112,7 +109,7 @@ def resolve_model(
     version = tracking.get_version(token) if tracking.has_registry() and token else None
     if version is not None and version.model_id:
         return version.model_id, version
-    known = ", ".join(m["model_id"] for m in store.recent_models(3)) or "none yet (run `make demo`)"
+    known = ", ".join(m.model_id for m in store.recent_models(3)) or "none yet (run `make demo`)"
     raise LineageError(
         f"model {model!r} not found: expected a fine-tuned model id, a version of the registered model "
         f"{tracking.registered_model_name!r} (e.g. 3 or v3) or one of its aliases (e.g. champion); "
@@ -153,24 +150,25 @@ def gather_lineage(
         )
         return lineage
 
-    partition = record["partition_key"]
-    dataset = store.get_dataset(record["dataset_id"])
+    partition = record.partition_key
+    dataset = store.get_dataset(record.dataset_id)
     experiment = store.experiment_of(model_id)
     evaluation = store.evaluation_of(model_id)
-    promotion = store.promotion_of(experiment["experiment_id"]) if experiment else None
+    promotion = store.promotion_of(experiment.experiment_id) if experiment else None
     if version is None and tracking.has_registry():
         version = tracking.find_version(model_id)
     identity = {
         "model_id": model_id,
-        "experiment_id": experiment["experiment_id"] if experiment else None,
-        "dataset_id": record["dataset_id"],
+        "experiment_id": experiment.experiment_id if experiment else None,
+        "dataset_id": record.dataset_id,
     }
     chain = {}
     for asset, key, which in CHAIN:
         wanted = identity[which]
         chain[asset] = find_materialization(instance, asset, partition, key, wanted) if wanted else None
-    list_posts = f"finetune-assets posts {record['dataset_id']}"
-    details = record["details"] or {}
+    list_posts = f"finetune-assets posts {record.dataset_id}"
+    training = record.details
+    result = experiment.details.decision if experiment else None
     lineage.update(
         {
             "partition": partition,
@@ -178,56 +176,61 @@ def gather_lineage(
             "promotion": None
             if promotion is None
             else {
-                "promoted": bool(promotion["promoted"]),
-                "previous_model": promotion["previous_model_id"],
-                "registry_version": promotion["registry_version"],
-                "at": promotion["created_at"].isoformat(timespec="seconds"),
+                "promoted": promotion.promoted,
+                "previous_model": promotion.previous_model_id,
+                "registry_version": promotion.registry_version,
+                "at": iso_seconds(promotion.created_at),
             },
             "experiment": None
             if experiment is None
             else {
-                "experiment_id": experiment["experiment_id"],
-                "status": experiment["status"],
-                "decision": experiment["decision"],
-                "reason": experiment["reason"],
-                "control_model": experiment["control_model"],
-                "started_at": experiment["started_at"].isoformat(timespec="seconds"),
-                "ends_at": experiment["ends_at"].isoformat(timespec="seconds"),
-                "split": experiment["split"],
-                "salt": experiment["salt"],
-                **{
-                    k: experiment["details"].get(k)
-                    for k in ("lift", "ci_low", "ci_high", "p_value", "srm_p_value", "users", "traffic_source")
-                },
+                "experiment_id": experiment.experiment_id,
+                "status": experiment.status,
+                "decision": experiment.decision,
+                "reason": experiment.reason,
+                "control_model": experiment.control_model,
+                "started_at": iso_seconds(experiment.started_at),
+                "ends_at": iso_seconds(experiment.ends_at),
+                "split": experiment.split,
+                "salt": experiment.salt,
+                "lift": result.lift if result else None,
+                "ci_low": result.ci_low if result else None,
+                "ci_high": result.ci_high if result else None,
+                "p_value": result.p_value if result else None,
+                "srm_p_value": result.srm_p_value if result else None,
+                "users": dict(result.users) if result else None,
+                "traffic_source": experiment.details.traffic_source,
             },
             "evaluation": None
             if evaluation is None
             else {
-                "passed": bool(evaluation["passed"]),
-                "champion_model": evaluation["champion_model"],
-                **{k: evaluation["scores"].get(k) for k in ("candidate", "champion", "n_holdout")},
+                "passed": evaluation.passed,
+                "champion_model": evaluation.champion_model,
+                "candidate": evaluation.scores.candidate.as_dict(),
+                "champion": evaluation.scores.champion.as_dict(),
+                "n_holdout": evaluation.scores.n_holdout,
             },
             "fine_tune": {
-                "job_id": record["job_id"],
-                "backend": record["backend"],
-                "base_model": record["base_model"],
-                "status": record["status"],
-                "steps": (details.get("metrics") or {}).get("steps"),
-                "final_train_loss": (details.get("metrics") or {}).get("final_train_loss"),
-                "final_validation_loss": (details.get("metrics") or {}).get("final_validation_loss"),
-                "mlflow_run_id": details.get("mlflow_run_id"),
-                "adapter": details.get("artifact_uri"),
+                "job_id": record.job_id,
+                "backend": record.backend,
+                "base_model": record.base_model,
+                "status": record.status,
+                "steps": training.metrics.get("steps"),
+                "final_train_loss": training.metrics.get("final_train_loss"),
+                "final_validation_loss": training.metrics.get("final_validation_loss"),
+                "mlflow_run_id": training.mlflow_run_id,
+                "adapter": training.artifact_uri,
             },
             "training_data": None
             if dataset is None
             else {
-                "dataset_id": dataset["dataset_id"],
-                "dataset_hash": dataset["dataset_hash"],
-                "status": dataset["status"],
-                "n_train": dataset["n_train"],
-                "n_holdout": dataset["n_holdout"],
-                "n_rejected": dataset["n_rejected"],
-                "rejected_by_reason": (dataset["details"] or {}).get("rejected_by_reason", {}),
+                "dataset_id": dataset.dataset_id,
+                "dataset_hash": dataset.dataset_hash,
+                "status": dataset.status,
+                "n_train": dataset.n_train,
+                "n_holdout": dataset.n_holdout,
+                "n_rejected": dataset.n_rejected,
+                "rejected_by_reason": dict(dataset.details.rejected_by_reason),
             },
             "posts": {"table": settings.posts_table, "list_command": list_posts},
             "dagster": chain,
@@ -258,10 +261,6 @@ def _num(value: Any, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def _when(iso: str | None) -> str:
-    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M UTC") if iso else "?"
-
-
 def format_lineage(lineage: Mapping[str, Any]) -> str:
     """The chain as a person reads it: one block per asset, newest first, each with the run that made it."""
     model_id = lineage["model_id"]
@@ -275,7 +274,7 @@ def format_lineage(lineage: Mapping[str, Any]) -> str:
     def block(asset: str, *texts: str) -> None:
         found = chain.get(asset)
         where = (
-            f"run {_short(found['run_id'])}, {_when(found['materialized_at'])}"
+            f"run {_short(found['run_id'])}, {utc_minute(found['materialized_at'])}"
             if found
             else "no materialization of this model in the Dagster instance"
         )
@@ -314,7 +313,7 @@ def format_lineage(lineage: Mapping[str, Any]) -> str:
             "ab_test",
             f"{experiment['experiment_id']} vs {experiment['control_model']}, split {experiment['split']:.0%}, "
             f"salt {experiment['salt']}",
-            f"window {_when(experiment['started_at'])} → {_when(experiment['ends_at'])}"
+            f"window {utc_minute(experiment['started_at'])} → {utc_minute(experiment['ends_at'])}"
             + (f"; traffic: {experiment['traffic_source']}" if experiment.get("traffic_source") else ""),
         )
     else:

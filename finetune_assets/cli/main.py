@@ -180,8 +180,8 @@ def cmd_ramp(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     published = publish_routing(RedisResource(url=os.environ.get("REDIS_URL")), store, settings.base_model, _echo)
     _echo(
-        f"experiment {experiment['experiment_id']}: coverage {experiment['coverage']:.0%} of users, split "
-        f"{experiment['split']:.0%} to the candidate (routers: "
+        f"experiment {experiment.experiment_id}: coverage {experiment.coverage:.0%} of users, split "
+        f"{experiment.split:.0%} to the candidate (routers: "
         + ("published to Redis)" if published else "read SQL within their refresh interval)")
     )
     return 0
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON for machines")
     status.set_defaults(func=cmd_status)
 
-    k8s = commands.add_parser("k8s", help="Kubernetes deployment helpers (README: Deploy to Kubernetes)")
+    k8s = commands.add_parser("k8s", help="Kubernetes deployment helpers (docs/deployment.md)")
     k8s_commands = k8s.add_subparsers(dest="k8s_command", required=True, metavar="COMMAND")
     render_parser = k8s_commands.add_parser(
         "render",

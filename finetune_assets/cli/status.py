@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from finetune_assets.reporting.formatting import iso_seconds, zoned_minute
 from finetune_assets.reporting.progress import format_duration
 
 if TYPE_CHECKING:
@@ -21,10 +22,6 @@ if TYPE_CHECKING:
 
 SENSORS = ("training_data_sensor", "ab_test_sensor", "finetune_run_failure_sensor")
 ACTIVE_RUN_STATUSES = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat(timespec="seconds") if moment is not None else None
 
 
 def _instigator_states(instance: dg.DagsterInstance) -> dict[str, str]:
@@ -63,7 +60,7 @@ def gather_status(
                 "job": run.job_name,
                 "status": run.status.value,
                 "partition": run.tags.get("dagster/partition"),
-                "started_at": _iso(datetime.fromtimestamp(started, UTC)) if started else None,
+                "started_at": iso_seconds(datetime.fromtimestamp(started, UTC)) if started else None,
                 "running_for_s": (now.timestamp() - started) if started else None,
             }
         )
@@ -71,20 +68,21 @@ def gather_status(
     experiment = store.running_experiment()
     active_experiment = None
     if experiment is not None:
-        left_s = (experiment["ends_at"] - now).total_seconds()
+        left_s = (experiment.ends_at - now).total_seconds()
+        details = experiment.details
         active_experiment = {
-            "experiment_id": experiment["experiment_id"],
-            "partition": experiment["partition_key"],
-            "treatment_model": experiment["treatment_model"],
-            "control_model": experiment["control_model"],
-            "started_at": _iso(experiment["started_at"]),
-            "ends_at": _iso(experiment["ends_at"]),
+            "experiment_id": experiment.experiment_id,
+            "partition": experiment.partition_key,
+            "treatment_model": experiment.treatment_model,
+            "control_model": experiment.control_model,
+            "started_at": iso_seconds(experiment.started_at),
+            "ends_at": iso_seconds(experiment.ends_at),
             "hours_left": max(left_s, 0.0) / 3600,
             "window_closed": left_s <= 0,
-            "coverage": experiment["coverage"],
-            "powered": experiment["details"].get("power_gate", {}).get("ok"),
-            "monitor": experiment["details"].get("monitor", {}).get("reason"),
-            "monitor_looks": experiment["details"].get("monitor_looks", 0),
+            "coverage": experiment.coverage,
+            "powered": details.power_gate.ok if details.power_gate is not None else None,
+            "monitor": details.monitor.reason if details.monitor is not None else None,
+            "monitor_looks": details.monitor_looks,
         }
     last_experiment = store.latest_experiment()
 
@@ -93,11 +91,11 @@ def gather_status(
     if last_models:
         model = last_models[0]
         last_training = {
-            "model_id": model["model_id"],
-            "partition": model["partition_key"],
-            "status": model["status"],
-            "at": _iso(model["created_at"]),
-            "dataset_id": model["dataset_id"],
+            "model_id": model.model_id,
+            "partition": model.partition_key,
+            "status": model.status,
+            "at": iso_seconds(model.created_at),
+            "dataset_id": model.dataset_id,
         }
     cycle_runs = instance.get_runs(filters=dg.RunsFilter(job_name="finetune_cycle_job"), limit=1)
     last_cycle_run = None
@@ -116,17 +114,17 @@ def gather_status(
     schedule = defs.resolve_schedule_def("weekly_finetune_schedule")
     tick = get_next_cron_tick(str(schedule.cron_schedule), now, schedule.execution_timezone or "UTC")
     return {
-        "now": _iso(now),
+        "now": iso_seconds(now),
         "dagster_instance": instance_location,
         "runs_in_progress": running,
         "active_experiment": active_experiment,
         "last_experiment": None
         if last_experiment is None
         else {
-            "experiment_id": last_experiment["experiment_id"],
-            "status": last_experiment["status"],
-            "decision": last_experiment["decision"],
-            "decided_at": _iso(last_experiment["decided_at"]),
+            "experiment_id": last_experiment.experiment_id,
+            "status": last_experiment.status,
+            "decision": last_experiment.decision,
+            "decided_at": iso_seconds(last_experiment.decided_at),
         },
         "last_training": last_training,
         "last_cycle_run": last_cycle_run,
@@ -140,11 +138,11 @@ def gather_status(
         },
         "waiting_candidate": None
         if candidate is None
-        else {"model_id": candidate["candidate_model"], "partition": candidate["partition_key"]},
+        else {"model_id": candidate.candidate_model, "partition": candidate.partition_key},
         "model_in_production": store.production_model(default=settings.base_model),
         "next_schedule_tick": {
             "schedule": schedule.name,
-            "at": _iso(tick),
+            "at": iso_seconds(tick),
             "in_s": (tick - now).total_seconds(),
             "fills_partition": current_cycle(weekly_cycle_partitions, tick),
             "state": state(schedule.name, schedule.default_status),
@@ -156,13 +154,9 @@ def gather_status(
     }
 
 
-def _when(iso: str | None) -> str:
-    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M %Z").strip() if iso else "?"
-
-
 def format_status(status: Mapping[str, Any]) -> str:
     width = 20
-    lines = [f"finetune-assets status — {_when(status['now'])}", ""]
+    lines = [f"finetune-assets status — {zoned_minute(status['now'])}", ""]
 
     def row(label: str, *texts: str) -> None:
         lines.append(f"{label:<{width}}{texts[0]}")
@@ -188,7 +182,7 @@ def format_status(status: Mapping[str, Any]) -> str:
         if experiment["window_closed"]:
             left = "window closed: ab_test_sensor decides it on its next tick"
         else:
-            left = f"{experiment['hours_left']:.1f} h left (ends {_when(experiment['ends_at'])})"
+            left = f"{experiment['hours_left']:.1f} h left (ends {zoned_minute(experiment['ends_at'])})"
         row(
             "Experiment",
             f"{experiment['experiment_id']} running, {left}",
@@ -204,7 +198,7 @@ def format_status(status: Mapping[str, Any]) -> str:
             "none running"
             + (
                 f"; the last, {last['experiment_id']}, was {last['status']} ({last['decision']}) "
-                f"at {_when(last['decided_at'])}"
+                f"at {zoned_minute(last['decided_at'])}"
                 if last
                 else ""
             ),
@@ -213,9 +207,8 @@ def format_status(status: Mapping[str, Any]) -> str:
     training = status["last_training"]
     cycle_run = status["last_cycle_run"]
     if training is not None:
-        texts = [
-            f"{training['model_id']} ({training['status']}), cycle {training['partition']}, {_when(training['at'])}"
-        ]
+        at = zoned_minute(training["at"])
+        texts = [f"{training['model_id']} ({training['status']}), cycle {training['partition']}, {at}"]
     else:
         texts = ["no model trained yet"]
     if cycle_run is not None:
@@ -254,7 +247,7 @@ def format_status(status: Mapping[str, Any]) -> str:
     stopped = tick["state"] != "RUNNING"
     row(
         "Next schedule tick",
-        f"{tick['schedule']}: {_when(tick['at'])} (in {format_duration(tick['in_s'])}), fills cycle "
+        f"{tick['schedule']}: {zoned_minute(tick['at'])} (in {format_duration(tick['in_s'])}), fills cycle "
         f"{tick['fills_partition']}",
         "the schedule is STOPPED: it fires only once turned on (UI: Automation)"
         if stopped

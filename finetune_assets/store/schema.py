@@ -21,7 +21,7 @@ DATASET_ACTIVE = ("collected", "validated", "trained")
 
 
 def posts_table(name: str = "generated_posts", meta: sa.MetaData | None = None) -> sa.Table:
-    """The content app's table. DDL and indexes are documented in the README ("Data model")."""
+    """The content app's table. DDL and indexes are documented in docs/data-model.md."""
     meta = meta if meta is not None else sa.MetaData()
     table = sa.Table(
         name,

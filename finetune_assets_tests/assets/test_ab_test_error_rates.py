@@ -29,6 +29,7 @@ from finetune_assets.resources.store import StoreResource
 from finetune_assets.settings import Settings, load_settings
 from finetune_assets.simulation import DemoWorldConfig, generate_corpus
 from finetune_assets.store.platform import PlatformStore
+from finetune_assets.store.records import ExperimentRecord
 from finetune_assets_tests.conftest import NOW, write_config
 from finetune_assets_tests.experiments.demo_traffic import DemoAudience
 
@@ -38,7 +39,7 @@ EXPERIMENTS = int(os.environ.get("AB_SIM_EXPERIMENTS", "150"))
 
 def simulate_experiment(
     template: Path, workdir: Path, settings: Settings, audience: DemoAudience, *, seed: int, multiplier: float
-) -> dict:
+) -> ExperimentRecord:
     """One experiment from launch to decision on a fresh copy of the history; returns its decided row."""
     db_file = workdir / f"experiment-{seed}.db"
     shutil.copyfile(template, db_file)
@@ -57,21 +58,21 @@ def simulate_experiment(
         )
         written = 0
         for day in range(1, 8):
-            cutoff = experiment["started_at"] + timedelta(days=day)
+            cutoff = experiment.started_at + timedelta(days=day)
             todays = [row for row in rows[written:] if row["created_at"] < cutoff]
             db.insert_posts(todays)
             written += len(todays)
-            current = db.get_experiment(experiment["experiment_id"])
+            current = db.get_experiment(experiment.experiment_id)
             assert current is not None
             if watch_experiment(db, current, settings, cutoff).decide:
                 break
         else:
             raise AssertionError("the window's end must lead to a decision")
-        current = db.get_experiment(experiment["experiment_id"])
+        current = db.get_experiment(experiment.experiment_id)
         assert current is not None
         conclude_experiment(db, current, settings, cutoff)
-        decided = db.get_experiment(experiment["experiment_id"])
-        assert decided is not None and decided["status"] in ("decided", "invalid")
+        decided = db.get_experiment(experiment.experiment_id)
+        assert decided is not None and decided.status in ("decided", "invalid")
         return decided
     finally:
         db.engine.dispose()
@@ -100,7 +101,8 @@ def decisions(world, multiplier: float, first_seed: int, experiments: int = EXPE
     codes: Counter = Counter()
     for seed in range(first_seed, first_seed + experiments):
         decided = simulate_experiment(template, root, settings, audience, seed=seed, multiplier=multiplier)
-        codes[decided["details"]["code"]] += 1
+        assert decided.details.decision is not None
+        codes[decided.details.decision.code] += 1
     return codes
 
 

@@ -16,6 +16,7 @@ from finetune_assets.resources.cache import RedisResource
 from finetune_assets.sensors import ab_test_sensor
 from finetune_assets.simulation import DemoWorldConfig, generate_corpus
 from finetune_assets.store.platform import PlatformStore
+from finetune_assets.store.records import ExperimentRecord
 from finetune_assets_tests.conftest import NOW, resources_for, start_experiment, write_config
 from finetune_assets_tests.experiments.demo_traffic import DemoAudience
 
@@ -45,7 +46,7 @@ def test_a_candidate_waits_for_the_running_experiment_then_starts(
     failure = next(e for e in blocked.all_events if e.event_type_value == "STEP_FAILURE")
     assert "only one experiment runs at a time, so this candidate waits" in str(failure.event_specific_data.error)
 
-    store.decide_experiment(running["experiment_id"], status="decided", decision="keep", reason="r", details={})
+    store.decide_experiment(running.experiment_id, status="decided", decision="keep", reason="r", details={})
     request = ab_test_sensor(dg.build_sensor_context(instance=instance, resources=resources_for(config, state_dir)))
     assert isinstance(request, dg.RunRequest)
     assert request.run_key == f"start-{evaluation_id}"
@@ -55,7 +56,7 @@ def test_a_candidate_waits_for_the_running_experiment_then_starts(
     started = start_ab_test(config, state_dir, instance)
     assert started.success
     experiment = store.running_experiment()
-    assert experiment is not None and experiment["treatment_model"] == "ft:new"
+    assert experiment is not None and experiment.treatment_model == "ft:new"
     assert store.waiting_candidate() is None
 
 
@@ -80,7 +81,9 @@ def outcome(config: Path, state_dir: Path, instance: dg.DagsterInstance, now, pa
     )
 
 
-def add_traffic(store: PlatformStore, experiment: dict, until, *, multiplier: float, drop_treatment: float = 0.0):
+def add_traffic(
+    store: PlatformStore, experiment: ExperimentRecord, until, *, multiplier: float, drop_treatment: float = 0.0
+):
     """SIMULATED posts of the experiment's window created before `until` (demo audience)."""
     rows = DemoAudience.of(WORLD).window_posts(
         experiment, treatment_multiplier=multiplier, rng=np.random.default_rng(1), first_post_id=store.max_post_id() + 1
@@ -101,23 +104,25 @@ def test_the_monitor_looks_hourly_and_stops_a_harmful_candidate_early(
     assert isinstance(first, dg.SkipReason) and "too early for any decision" in (first.skip_message or "")
     soon = tick(config, state_dir, instance, NOW + timedelta(hours=1, minutes=20))
     assert isinstance(soon, dg.SkipReason) and "next monitor look at 14:00 UTC" in (soon.skip_message or "")
-    assert store.get_experiment("exp-1")["details"]["monitor_looks"] == 1
+    looked = store.get_experiment("exp-1")
+    assert looked is not None and looked.details.monitor_looks == 1
 
     stop = tick(config, state_dir, instance, NOW + timedelta(hours=60))
     assert isinstance(stop, dg.RunRequest), stop
     assert stop.run_key == "exp-1" and stop.job_name == "ab_test_decision_job"
     assert stop.tags["finetune_assets/early_stop"] == "stop_harm"
-    details = store.get_experiment("exp-1")["details"]
-    assert details["harm_alarm"] is True and details["early_stop"]["action"] == "stop_harm"
+    stopped = store.get_experiment("exp-1")
+    assert stopped is not None and stopped.details.harm_alarm is True
+    assert stopped.details.early_stop is not None and stopped.details.early_stop.action == "stop_harm"
     again = tick(config, state_dir, instance, NOW + timedelta(hours=61))
     assert isinstance(again, dg.RunRequest) and again.run_key == "exp-1"  # same key: one decision run
 
     result = outcome(config, state_dir, instance, NOW + timedelta(hours=61))
     assert result.success
     decided = store.get_experiment("exp-1")
-    assert decided["status"] == "decided" and decided["decision"] == "keep"
-    assert decided["details"]["code"] == "harm_alarm"
-    assert decided["details"]["decided_until"] == (NOW + timedelta(hours=60)).isoformat()  # traffic after the stop
+    assert decided is not None and decided.status == "decided" and decided.decision == "keep"
+    assert decided.details.decision is not None and decided.details.decision.code == "harm_alarm"
+    assert decided.details.decision.decided_until == NOW + timedelta(hours=60)  # traffic after the stop
     metadata = result.asset_materializations_for_node("ab_test_outcome")[0].metadata
     assert metadata["decision"].value == "keep" and metadata["harm_alarm"].value is True
     assert "stop and roll back" in metadata["stopped_early"].value
@@ -134,7 +139,8 @@ def test_a_sample_ratio_mismatch_stops_the_test_as_invalid_and_blocks_promotion(
 
     result = outcome(config, state_dir, instance, NOW + timedelta(hours=100))
     decided = store.get_experiment("exp-1")
-    assert decided["status"] == "invalid" and decided["details"]["code"] == "srm"
+    assert decided is not None and decided.status == "invalid"
+    assert decided.details.decision is not None and decided.details.decision.code == "srm"
     [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "no_sample_ratio_mismatch"]
     assert not check.passed  # blocking: production_model does not run on an invalid test
 
@@ -166,7 +172,7 @@ def test_the_power_gate_refuses_or_records_an_underpowered_test(
     metadata = started.asset_materializations_for_node("ab_test")[0].metadata
     assert metadata["powered"].value is False and "under-powered" in metadata["power_gate"].value
     experiment = store.running_experiment()
-    assert experiment["details"]["n_star"] == metadata["forecast_users"].value > 0
+    assert experiment is not None and experiment.details.n_star == metadata["forecast_users"].value > 0
     assert metadata["required_users"].value > metadata["forecast_users"].value
 
     powered = launch(
@@ -189,10 +195,8 @@ def test_routing_is_published_to_redis_on_start_and_decision(
         assert dg.materialize([ab_test], partition_key="2026-11-15", resources=resources, instance=instance).success
         snapshot = json.loads(client.get(key))
         running = store.running_experiment()
-        assert snapshot["experiment"]["experiment_id"] == running["experiment_id"]
-        assert (
-            snapshot["experiment"]["treatment_model"] == "ft:new" and snapshot["experiment"]["salt"] == running["salt"]
-        )
+        assert running is not None and snapshot["experiment"]["experiment_id"] == running.experiment_id
+        assert snapshot["experiment"]["treatment_model"] == "ft:new" and snapshot["experiment"]["salt"] == running.salt
 
         resources["clock"] = resources_for(tmp_path / "c.yaml", state_dir, NOW + timedelta(hours=169))["clock"]
         dg.materialize(

@@ -56,7 +56,8 @@ def test_collection_counts_bad_rows_and_is_exactly_once(
     again = collect(config, state_dir, instance)
     assert again.success
     assert metadata(again)["dataset_hash"] == meta["dataset_hash"]
-    assert store.get_dataset(meta["dataset_id"])["status"] == "superseded"
+    superseded = store.get_dataset(meta["dataset_id"])
+    assert superseded is not None and superseded.status == "superseded"
 
 
 def test_too_few_examples_blocks_the_fine_tune_and_releases_posts(

@@ -94,11 +94,11 @@ def test_the_whole_loop_promotes_through_the_sensor_and_registers_lineage(
     assert result_file.stat().st_mtime_ns == trained_at
 
     experiment = store.running_experiment()
-    assert experiment is not None and experiment["treatment_model"] == assets["fine_tuned_model"]["model_id"]
+    assert experiment is not None and experiment.treatment_model == assets["fine_tuned_model"]["model_id"]
     backend = make_backend("local", state_dir)
     assert simulate_ab_traffic(store, backend, settings, experiment, WORLD, progress=lambda _: None) > 100
 
-    sensor_resources = resources_for(world, state_dir, experiment["ends_at"], **services)
+    sensor_resources = resources_for(world, state_dir, experiment.ends_at, **services)
     early = ab_test_sensor(
         dg.build_sensor_context(instance=instance, resources=resources_for(world, state_dir, **services))
     )
@@ -106,7 +106,7 @@ def test_the_whole_loop_promotes_through_the_sensor_and_registers_lineage(
     fired = ab_test_sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources))
     assert isinstance(fired, dg.RunRequest) and fired.partition_key == CYCLE
 
-    decision = run("ab_test_decision_job", world, state_dir, instance, now=experiment["ends_at"], **services)
+    decision = run("ab_test_decision_job", world, state_dir, instance, now=experiment.ends_at, **services)
     assert decision.success, [e.message for e in decision.all_events if e.is_failure]
     outcome = materialized(decision)
     assert outcome["ab_test_outcome"]["traffic_source"].startswith("simulated audience")
@@ -126,10 +126,10 @@ def test_the_whole_loop_promotes_through_the_sensor_and_registers_lineage(
     if promoted:
         assert client.get_model_version_by_alias(name, "champion").version == version.version
         assert version.tags["previous_champion"] == DEMO_BASE_MODEL
-        assert store.production_model(default="none") == experiment["treatment_model"]
+        assert store.production_model(default="none") == experiment.treatment_model
 
     # A retried decision run neither registers twice nor moves anything.
-    again = run("ab_test_decision_job", world, state_dir, instance, now=experiment["ends_at"], **services)
+    again = run("ab_test_decision_job", world, state_dir, instance, now=experiment.ends_at, **services)
     assert again.success
     assert len(client.search_model_versions(f"name='{name}'")) == 1
 

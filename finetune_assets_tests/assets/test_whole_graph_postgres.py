@@ -67,10 +67,10 @@ def test_the_whole_graph_materializes_with_database_url_on_postgres(
     audience = dataclasses.replace(demo_world.WORLD, n_users=demo_world.WORLD.n_users // 2)
     assert simulate_ab_traffic(pg_store, backend, settings, experiment, audience, progress=lambda _: None) > 50
 
-    sensor_resources = {**resources_for(config, state_dir, experiment["ends_at"]), "store": store_resource}
+    sensor_resources = {**resources_for(config, state_dir, experiment.ends_at), "store": store_resource}
     fired = ab_test_sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources))
     assert isinstance(fired, dg.RunRequest) and fired.partition_key == CYCLE
-    decision = run("ab_test_decision_job", now=experiment["ends_at"])
+    decision = run("ab_test_decision_job", now=experiment.ends_at)
     assert decision.success, [e.message for e in decision.all_events if e.is_failure]
 
     # Everything the platform wrote is in Postgres; everything Dagster recorded is in its Postgres instance.

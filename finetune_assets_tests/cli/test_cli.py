@@ -60,13 +60,13 @@ def test_ramp_enrolls_more_users_without_moving_anyone_and_refuses_a_ramp_down(
     experiment = start_experiment(store)
     store.set_coverage("exp-1", 0.05)  # the smoke-test share
     users = [f"user-{i}" for i in range(4000)]
-    before = {u: assign_variant(u, experiment["salt"], split=0.5, coverage=0.05) for u in users}
+    before = {u: assign_variant(u, experiment.salt, split=0.5, coverage=0.05) for u in users}
 
     assert main(["--config", config, "ramp", "exp-1", "--coverage", "0.5"]) == 0
     assert "coverage 50% of users" in capsys.readouterr().out
     ramped = store.get_experiment("exp-1")
-    assert ramped["coverage"] == 0.5
-    after = {u: assign_variant(u, ramped["salt"], split=ramped["split"], coverage=ramped["coverage"]) for u in users}
+    assert ramped.coverage == 0.5
+    after = {u: assign_variant(u, ramped.salt, split=ramped.split, coverage=ramped.coverage) for u in users}
     assert all(after[u] == arm for u, arm in before.items() if arm is not None)  # nobody enrolled changes arm
     assert sum(a is not None for a in after.values()) > 5 * sum(a is not None for a in before.values())
 

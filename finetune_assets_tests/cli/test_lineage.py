@@ -38,6 +38,7 @@ def test_lineage_of_the_production_model_prints_the_chain_back_to_the_posts(demo
     store = StoreResource(state_dir=str(demo_instance.state_dir)).get()
     dataset = store.get_dataset(demo_instance.dataset_id)
     model = store.get_model(demo_instance.model_id)
+    assert dataset is not None and model is not None
     assert out.startswith(f"{demo_instance.model_id}  [IN PRODUCTION]")
     for expected in (
         "registry post-writer v1 (champion), replaced demo-tiny-gpt2",
@@ -46,10 +47,10 @@ def test_lineage_of_the_production_model_prints_the_chain_back_to_the_posts(demo
         f"{demo_instance.experiment_id} vs demo-tiny-gpt2, split 50%",
         "held-out loss",
         "passed on",
-        f"job {model['job_id']} (local backend, base demo-tiny-gpt2): succeeded",
+        f"job {model.job_id} (local backend, base demo-tiny-gpt2): succeeded",
         f"partition {demo_instance.partition}, dataset {demo_instance.dataset_id} (trained)",
-        f"hash {dataset['dataset_hash']}",
-        f"{dataset['n_train']} posts trained on, {dataset['n_holdout']} held out, {dataset['n_rejected']} rejected",
+        f"hash {dataset.dataset_hash}",
+        f"{dataset.n_train} posts trained on, {dataset.n_holdout} held out, {dataset.n_rejected} rejected",
         f"list the posts:  finetune-assets posts {demo_instance.dataset_id}",
     ):
         assert expected in out, f"{expected!r} missing from:\n{out}"

@@ -74,7 +74,8 @@ def test_a_sensor_tick_and_a_training_data_run_on_the_postgres_instance(
     event = instance.get_latest_materialization_event(dg.AssetKey("training_data"))
     assert event is not None and event.run_id == run.run_id
     dataset_id = event.asset_materialization.metadata["dataset_id"].value  # type: ignore[union-attr]
-    assert pg_store.get_dataset(str(dataset_id))["status"] == "validated"  # type: ignore[index]
+    dataset = pg_store.get_dataset(str(dataset_id))
+    assert dataset is not None and dataset.status == "validated"
     checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(dg.AssetKey("training_data"), "enough_examples")]
     )

@@ -9,7 +9,6 @@ Users are assigned by the experiment's own salt (`assign_many`, the router's has
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -27,6 +26,7 @@ from finetune_assets.simulation.corpus import (
     write_post,
 )
 from finetune_assets.simulation.engagement import HiddenEngagementModel
+from finetune_assets.store.records import ExperimentRecord
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,15 @@ class DemoAudience:
 
     def window_posts(
         self,
-        experiment: Mapping[str, Any],
+        experiment: ExperimentRecord,
         *,
         treatment_multiplier: float,
         rng: np.random.Generator,
         first_post_id: int,
     ) -> list[dict[str, Any]]:
         """Every post of the experiment's window (oldest first): `generated_posts` rows, SIMULATED counts."""
-        start = experiment["started_at"]
-        seconds = (experiment["ends_at"] - start).total_seconds()
+        start = experiment.started_at
+        seconds = (experiment.ends_at - start).total_seconds()
         n_users = len(self.users)
         activity = np.array([u.activity for u in self.users])
         effect = np.array([u.effect for u in self.users])
@@ -65,9 +65,9 @@ class DemoAudience:
         n_posts = np.where(active, rng.poisson(self.posts_per_user_mean * activity), 0)
         arms = assign_many(
             [u.user_id for u in self.users],
-            experiment["salt"],
-            split=experiment["split"],
-            coverage=experiment["coverage"],
+            experiment.salt,
+            split=experiment.split,
+            coverage=experiment.coverage,
         )
         n_posts[arms == NOT_ENROLLED_CODE] = 0
         who = np.repeat(np.arange(n_users), n_posts)
@@ -81,7 +81,7 @@ class DemoAudience:
         impressions = 1 + rng.negative_binomial(shape, shape / (shape + IMPRESSIONS_MEAN - 1.0), size=len(who))
         engagements = rng.binomial(impressions, p)
         order = np.argsort(offsets, kind="stable")
-        models = (experiment["control_model"], experiment["treatment_model"])
+        models = (experiment.control_model, experiment.treatment_model)
         rows = []
         for i, k in enumerate(order):
             created = start + timedelta(seconds=math.floor(offsets[k]))
@@ -91,7 +91,7 @@ class DemoAudience:
                     "created_at": created,
                     "user_id": self.users[who[k]].user_id,
                     "model_id": models[int(treated[k])],
-                    "experiment_id": experiment["experiment_id"],
+                    "experiment_id": experiment.experiment_id,
                     "variant": "treatment" if treated[k] else "control",
                     "impressions": int(impressions[k]),
                     "engagements": int(engagements[k]),

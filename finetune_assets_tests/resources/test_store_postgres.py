@@ -37,8 +37,9 @@ def test_collection_ledger_and_experiment_on_postgres(pg_store: PlatformStore) -
     assert pg_store.count_qualifying(100, 0.06) == (0, None)
     assert len(pg_store.load_examples(dataset_id, "train")) == len(selection.train)
     experiment = start_experiment(pg_store)
-    assert experiment["ends_at"] == NOW + timedelta(hours=168)
-    assert pg_store.running_experiment()["experiment_id"] == experiment["experiment_id"]  # type: ignore[index]
+    assert experiment.ends_at == NOW + timedelta(hours=168)
+    running = pg_store.running_experiment()
+    assert running is not None and running.experiment_id == experiment.experiment_id
 
 
 def test_engine_sends_the_statement_timeout_and_keeps_the_urls_own_options(postgres_url: str) -> None:

@@ -19,7 +19,7 @@ from finetune_assets.cli import main
 from finetune_assets.store import migrate
 from finetune_assets.store.engine import make_engine
 from finetune_assets.store.platform import PlatformStore
-from finetune_assets.store.schema import metadata, posts_table
+from finetune_assets.store.schema import datasets, metadata, posts_table
 from finetune_assets_tests.conftest import write_config
 from finetune_assets_tests.store import previous_release_schema
 
@@ -202,7 +202,10 @@ def test_previous_release_database_keeps_every_row_and_ends_at_head(engine: sa.E
     with engine.connect() as conn:
         assert conn.execute(sa.select(posts).order_by(posts.c.post_id)).all() == posts_before
     assert _versions(engine) == [migrate.schema_status(engine).head]
-    assert store.get_dataset("ds-1")["details"] == {"i": 1, "tags": ["a"]}  # type: ignore[index]
+    assert store.get_dataset("ds-1") is not None  # the store reads the old row
+    with engine.connect() as conn:
+        details = conn.execute(sa.select(datasets.c.details).where(datasets.c.dataset_id == "ds-1")).scalar()
+    assert details == {"i": 1, "tags": ["a"]}
     assert _differences(engine) == []
 
 

@@ -141,7 +141,7 @@ def test_materialize_training_data_for_a_partition_and_see_its_checks_pass(page:
 
     # the run the UI launched did the real work: a validated dataset for that cycle, from the new week's posts
     dataset = StoreResource(state_dir=str(ui_world.state_dir)).get().latest_dataset(UI_PARTITION)
-    assert dataset is not None and dataset["status"] == "validated" and dataset["n_train"] >= 20, run_id
+    assert dataset is not None and dataset.status == "validated" and dataset.n_train >= 20, run_id
 
 
 def test_follow_production_model_upstream_lineage_to_generated_posts(page: Page, artifacts: Path) -> None:

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from finetune_assets.errors import FinetuneAssetsError
 from finetune_assets.experiments.policy.decision import FinalDecision, final_decision
-from finetune_assets.experiments.policy.launch import PowerGateResult, power_gate, validate_phase_change
 from finetune_assets.experiments.policy.guardrails import default_guardrails
+from finetune_assets.experiments.policy.launch import PowerGateResult, power_gate, validate_phase_change
 from finetune_assets.experiments.policy.monitor import MonitorResult, monitor
 from finetune_assets.experiments.stats.statistics import ArmSums
 from finetune_assets.settings import Settings
-from finetune_assets.store.platform import ArmTotals, PlatformStore
+from finetune_assets.store.platform import PlatformStore
+from finetune_assets.store.records import ArmTotals, EarlyStop, ExperimentRecord
 
 if TYPE_CHECKING:
     from finetune_assets.resources.cache import RedisResource
@@ -76,7 +77,7 @@ def plan_launch(db: PlatformStore, settings: Settings, start: datetime) -> Launc
     """The pre-launch power gate from the last `a_b_test_duration_hours` of traffic before `start`.
 
     The users active in that window, times the coverage, are the forecast of enrolled users by the end, and
-    that forecast is the monitor's N* (reference ab-testing.md §1, pitfall 11).
+    that forecast is the monitor's N*: fixed before the start, so looking often does not move the boundary.
     """
     exp = settings.experiment
     duration = timedelta(hours=settings.a_b_test_duration_hours)
@@ -106,7 +107,7 @@ class LaunchRefused(FinetuneAssetsError, RuntimeError):
 
 def launch_experiment(
     db: PlatformStore, settings: Settings, *, partition_key: str, candidate: str, now: datetime, warn: Warn
-) -> dict[str, Any]:
+) -> ExperimentRecord:
     """Run the power gate, then start the experiment (a fresh salt, production as control) with N* recorded.
 
     Raises LaunchRefused, or the store's ExperimentAlreadyRunning: only one experiment runs at a time.
@@ -130,22 +131,22 @@ def launch_experiment(
         started_at=now,
         ends_at=now + timedelta(hours=settings.a_b_test_duration_hours),
     )
-    db.annotate_experiment(experiment["experiment_id"], **plan.to_details())
-    started = db.get_experiment(experiment["experiment_id"])
+    db.annotate_experiment(experiment.experiment_id, **plan.to_details())
+    started = db.get_experiment(experiment.experiment_id)
     assert started is not None
     return started
 
 
-def ramp_experiment(db: PlatformStore, experiment_id: str, coverage: float) -> dict[str, Any]:
+def ramp_experiment(db: PlatformStore, experiment_id: str, coverage: float) -> ExperimentRecord:
     """Enroll more users in the running experiment. Coverage only goes up within a phase: nobody enrolled is
     reassigned or dropped (the arm hash is independent of the enrollment hash). A split change would move users
     between arms, so it needs a new experiment, never a ramp. Raises ValueError naming what is wrong."""
     experiment = db.get_experiment(experiment_id)
     if experiment is None:
         raise ValueError(f"experiment {experiment_id!r}: no such experiment")
-    if experiment["status"] != "running":
-        raise ValueError(f"experiment {experiment_id!r} is {experiment['status']}, not running: nothing to ramp")
-    validate_phase_change(experiment, {**experiment, "coverage": coverage})
+    if experiment.status != "running":
+        raise ValueError(f"experiment {experiment_id!r} is {experiment.status}, not running: nothing to ramp")
+    validate_phase_change(experiment.phase(), {**experiment.phase(), "coverage": coverage})
     db.set_coverage(experiment_id, coverage)
     ramped = db.get_experiment(experiment_id)
     assert ramped is not None
@@ -155,43 +156,41 @@ def ramp_experiment(db: PlatformStore, experiment_id: str, coverage: float) -> d
 # --- the hourly monitor ----------------------------------------------------------------------------------
 
 
-def next_look(experiment: Mapping[str, Any], settings: Settings) -> datetime:
+def next_look(experiment: ExperimentRecord, settings: Settings) -> datetime:
     """When the monitor looks next: `monitor_interval_minutes` after the last look (the start if none)."""
-    last = experiment["details"].get("last_look_at")
-    since = datetime.fromisoformat(last) if last else experiment["started_at"]
+    since = experiment.details.last_look_at or experiment.started_at
     return since + timedelta(minutes=settings.experiment.monitor_interval_minutes)
 
 
-def early_stop(experiment: Mapping[str, Any]) -> dict[str, Any] | None:
+def early_stop(experiment: ExperimentRecord) -> EarlyStop | None:
     """The monitor's stop (harm or SRM) if it stopped this experiment before its window ended."""
-    stop = experiment["details"].get("early_stop")
-    return stop if isinstance(stop, dict) else None
+    return experiment.details.early_stop
 
 
 def monitor_experiment(
-    db: PlatformStore, experiment: Mapping[str, Any], settings: Settings, now: datetime
+    db: PlatformStore, experiment: ExperimentRecord, settings: Settings, now: datetime
 ) -> MonitorResult:
     """One look of the harm and SRM monitor over the traffic so far; persists what the next look needs."""
     exp = settings.experiment
-    details = experiment["details"]
-    control, treatment = experiment_sums(db, experiment["experiment_id"], until=now)
-    hours = max(0.0, (now - experiment["started_at"]).total_seconds() / 3600)
+    details = experiment.details
+    control, treatment = experiment_sums(db, experiment.experiment_id, until=now)
+    hours = max(0.0, (now - experiment.started_at).total_seconds() / 3600)
     result = monitor(
         control,
         treatment,
         hours_elapsed=hours,
-        n_star=float(details.get("n_star") or 2 * exp.min_users_per_arm),
+        n_star=float(details.n_star or 2 * exp.min_users_per_arm),
         alpha_harm=exp.harm_alpha,
         guardrails=default_guardrails(control, treatment, margin=exp.guardrail_margin),
-        split=float(experiment["split"]),
-        srm_previous_p=float(details.get("srm_running_min_p", 1.0)),
+        split=experiment.split,
+        srm_previous_p=details.srm_running_min_p,
     )
     update: dict[str, Any] = {
         "monitor": result.to_details(),
-        "monitor_looks": int(details.get("monitor_looks", 0)) + 1,
+        "monitor_looks": details.monitor_looks + 1,
         "last_look_at": now.isoformat(),
         "srm_running_min_p": result.srm.running_min_p,
-        "harm_alarm": bool(details.get("harm_alarm")) or result.action == "stop_harm",
+        "harm_alarm": details.harm_alarm or result.action == "stop_harm",
     }
     if result.stop and early_stop(experiment) is None:
         update["early_stop"] = {
@@ -200,7 +199,7 @@ def monitor_experiment(
             "at": now.isoformat(),
             "hours_elapsed": hours,
         }
-    db.annotate_experiment(experiment["experiment_id"], **_json_safe(update))
+    db.annotate_experiment(experiment.experiment_id, **_json_safe(update))
     return result
 
 
@@ -213,21 +212,22 @@ class Watch:
     look: MonitorResult | None = None
 
 
-def watch_experiment(db: PlatformStore, experiment: Mapping[str, Any], settings: Settings, now: datetime) -> Watch:
+def watch_experiment(db: PlatformStore, experiment: ExperimentRecord, settings: Settings, now: datetime) -> Watch:
     """One sensor tick's worth: decide at the window's end or after an early stop; otherwise look when due."""
-    experiment_id = experiment["experiment_id"]
-    if now >= experiment["ends_at"]:
-        return Watch(True, f"experiment {experiment_id}'s window ended at {experiment['ends_at']:%Y-%m-%d %H:%M} UTC")
+    experiment_id = experiment.experiment_id
+    if now >= experiment.ends_at:
+        return Watch(True, f"experiment {experiment_id}'s window ended at {experiment.ends_at:%Y-%m-%d %H:%M} UTC")
     stop = early_stop(experiment)
     if stop is not None:
-        return Watch(True, f"experiment {experiment_id} was stopped early ({stop['action']}): {stop['reason']}")
-    hours = (experiment["ends_at"] - now).total_seconds() / 3600
+        return Watch(True, f"experiment {experiment_id} was stopped early ({stop.action}): {stop.reason}")
+    hours = (experiment.ends_at - now).total_seconds() / 3600
     due = next_look(experiment, settings)
     if now < due:
-        last = experiment["details"].get("monitor", {}).get("reason", "no look yet")
+        monitor_look = experiment.details.monitor
+        last = monitor_look.reason if monitor_look is not None else "no look yet"
         return Watch(
             False,
-            f"experiment {experiment_id} has {hours:.1f} h left (ends {experiment['ends_at']:%Y-%m-%d %H:%M} UTC); "
+            f"experiment {experiment_id} has {hours:.1f} h left (ends {experiment.ends_at:%Y-%m-%d %H:%M} UTC); "
             f"next monitor look at {due:%H:%M} UTC; last look: {last}",
         )
     look = monitor_experiment(db, experiment, settings, now)
@@ -247,22 +247,22 @@ class Outcome:
     until: datetime
 
 
-def decide_experiment(db: PlatformStore, experiment: Mapping[str, Any], settings: Settings, now: datetime) -> Outcome:
+def decide_experiment(db: PlatformStore, experiment: ExperimentRecord, settings: Settings, now: datetime) -> Outcome:
     """The once-only promotion test over the window (or up to the early stop), with the monitor's state."""
     exp = settings.experiment
-    details = experiment["details"]
-    until = min(now, experiment["ends_at"])
+    details = experiment.details
+    until = min(now, experiment.ends_at)
     stop = early_stop(experiment)
     if stop is not None:  # traffic after the stop is not part of the test (the candidate was rolled back)
-        until = min(until, datetime.fromisoformat(stop["at"]))
-    control, treatment = experiment_sums(db, experiment["experiment_id"], until=until)
+        until = min(until, stop.at)
+    control, treatment = experiment_sums(db, experiment.experiment_id, until=until)
     decision = final_decision(
         control,
         treatment,
-        split=float(experiment["split"]),
+        split=experiment.split,
         guardrails=default_guardrails(control, treatment, margin=exp.guardrail_margin),
-        harm_alarm=bool(details.get("harm_alarm")),
-        srm_sequential_p=float(details.get("srm_running_min_p", 1.0)),
+        harm_alarm=details.harm_alarm,
+        srm_sequential_p=details.srm_running_min_p,
         alpha_win=exp.alpha / 2,
         srm_threshold=exp.srm_threshold,
         min_users_per_arm=exp.min_users_per_arm,
@@ -270,12 +270,12 @@ def decide_experiment(db: PlatformStore, experiment: Mapping[str, Any], settings
     return Outcome(decision, control, treatment, until)
 
 
-def conclude_experiment(db: PlatformStore, experiment: Mapping[str, Any], settings: Settings, now: datetime) -> Outcome:
+def conclude_experiment(db: PlatformStore, experiment: ExperimentRecord, settings: Settings, now: datetime) -> Outcome:
     """Decide and record the decision (status decided/invalid, promote/keep, the reason and every number)."""
     outcome = decide_experiment(db, experiment, settings, now)
     decision = outcome.decision
     db.decide_experiment(
-        experiment["experiment_id"],
+        experiment.experiment_id,
         status=decision.status,
         decision=decision.store_decision,
         reason=decision.reason,

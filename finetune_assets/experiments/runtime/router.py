@@ -1,4 +1,4 @@
-"""Which model serves a user right now — for the content app (reference ab-testing.md §1, pitfall 13).
+"""Which model serves a user right now — for the content app, which imports this module (no Dagster).
 
 ``Router.route(user_id)`` returns the running experiment's arm for the user (the pure hash of
 :func:`~finetune_assets.experiments.runtime.assignment.assign_variant`, so no shared state is needed to assign)
@@ -7,13 +7,14 @@ looked up, in this order:
 
 1. the in-process snapshot, refreshed every ``refresh_seconds`` (30 s);
 2. Redis (one JSON key with a TTL, written by :func:`publish`) — a cache, never the truth;
-3. the SQL store: ``ft_experiments`` where ``status = 'running'`` and the latest promoted row of
-   ``ft_promotions`` (else the configured default model). On a Redis miss the router writes what it
+3. the SQL store: the running experiment and the latest promoted model (else the configured default
+   model), read by the store's own query functions (:func:`~finetune_assets.store.experiments.read_running_experiment`,
+   :func:`~finetune_assets.store.promotions.read_production_model`). On a Redis miss the router writes what it
    read back to Redis with ``SET NX`` (an explicit :func:`publish` always wins).
 
 Redis down, empty, or holding garbage → the answer comes from SQL: never wrong, only slower. If SQL is
 down too, the last good snapshot keeps serving; with none at all, :class:`RoutingUnavailable` is raised.
-The tables are the store's own SQLAlchemy Core definitions, read only.
+Those queries are the ones the store itself runs, read only.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import redis
-import sqlalchemy as sa
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy.engine import Engine
@@ -35,7 +35,9 @@ from sqlalchemy.engine import Engine
 from finetune_assets.errors import FinetuneAssetsError
 from finetune_assets.experiments.runtime.assignment import Variant, assign_variant
 from finetune_assets.store.engine import make_engine
-from finetune_assets.store.schema import experiments, promotions
+from finetune_assets.store.experiments import read_running_experiment
+from finetune_assets.store.promotions import read_production_model
+from finetune_assets.store.records import ExperimentRecord
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,11 @@ class ActiveExperiment:
         assign_variant("0", experiment.salt, split=experiment.split, coverage=experiment.coverage)  # validates
         return experiment
 
+    @classmethod
+    def from_record(cls, record: ExperimentRecord) -> ActiveExperiment:
+        """From the store's record of the experiment; validates it as :meth:`from_mapping` does."""
+        return cls.from_mapping({"experiment_id": record.experiment_id, "status": record.status, **record.phase()})
+
 
 @dataclass(frozen=True)
 class RoutingSnapshot:
@@ -145,36 +152,17 @@ class RoutingSnapshot:
 
 def read_snapshot_from_sql(engine: Engine, default_model: str) -> RoutingSnapshot:
     """The truth: the running experiment (the oldest, as the store's ``running_experiment``) and the
-    latest promoted model, else ``default_model``. Read-only SQLAlchemy Core on the store's tables."""
-    running = (
-        sa.select(
-            experiments.c.experiment_id,
-            experiments.c.salt,
-            experiments.c.split,
-            experiments.c.coverage,
-            experiments.c.control_model,
-            experiments.c.treatment_model,
-        )
-        .where(experiments.c.status == "running")
-        .order_by(experiments.c.started_at)
-        .limit(1)
-    )
-    promoted = (
-        sa.select(promotions.c.model_id)
-        .where(promotions.c.promoted.is_(True))
-        .order_by(promotions.c.promotion_id.desc())
-        .limit(1)
-    )
+    latest promoted model, else ``default_model``, read by the store's own queries."""
     with engine.connect() as conn:
-        row = conn.execute(running).mappings().first()
-        model_id = conn.execute(promoted).scalar()
-    experiment = ActiveExperiment.from_mapping(dict(row)) if row is not None else None
-    return RoutingSnapshot(experiment, str(model_id) if model_id else default_model, "sql")
+        running = read_running_experiment(conn)
+        production = read_production_model(conn, default_model)
+    experiment = ActiveExperiment.from_record(running) if running is not None else None
+    return RoutingSnapshot(experiment, production, "sql")
 
 
 def publish(
     client: redis.Redis,
-    experiment: Mapping[str, Any] | ActiveExperiment | None,
+    experiment: ExperimentRecord | Mapping[str, Any] | ActiveExperiment | None,
     *,
     production_model: str,
     key_prefix: str = DEFAULT_KEY_PREFIX,
@@ -184,7 +172,7 @@ def publish(
     """Write the routing snapshot to Redis (``SET key json EX ttl``); True if written.
 
     Call it whenever the answer changes — an experiment starts, stops or is decided, a model is
-    promoted — with the running experiment (an ``ft_experiments`` row works) or None, and the
+    promoted — with the running experiment (the store's record of it works) or None, and the
     production model. Routers pick it up within ``refresh_seconds``; the TTL bounds staleness if a
     publish is ever missed. ``only_if_absent`` (``NX``) is what routers use for their write-back.
     """
@@ -194,6 +182,8 @@ def publish(
         raise ValueError(f"ttl_seconds must be a positive int, got {ttl_seconds!r}")
     if experiment is None or isinstance(experiment, ActiveExperiment):
         active = experiment
+    elif isinstance(experiment, ExperimentRecord):
+        active = ActiveExperiment.from_record(experiment)
     else:
         active = ActiveExperiment.from_mapping(experiment)
     payload = RoutingSnapshot(active, production_model, "redis").to_json()

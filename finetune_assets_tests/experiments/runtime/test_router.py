@@ -1,4 +1,4 @@
-"""Router: Redis cache → SQL truth → pure-hash assignment (ab-testing.md §1, pitfall 13).
+"""Router: Redis cache → SQL truth → pure-hash assignment.
 
 SQL is a SQLite file created with the store's own tables. Tests marked ``integration`` talk to the real
 Redis on 127.0.0.1:6379, each under its own key prefix, and fail (never skip) when Redis is down.
@@ -31,6 +31,7 @@ from finetune_assets.experiments.runtime.router import (
 )
 from finetune_assets.store.engine import make_engine
 from finetune_assets.store.platform import PlatformStore
+from finetune_assets.store.records import ExperimentRecord
 from finetune_assets.store.schema import experiments
 
 DEFAULT = "base-model"
@@ -51,7 +52,9 @@ def store(tmp_path: Path) -> PlatformStore:
     return PlatformStore(make_engine(f"sqlite:///{tmp_path / 'router.db'}"))
 
 
-def _start(store: PlatformStore, experiment_id: str = "exp-1", coverage: float = 1.0, split: float = 0.5) -> dict:
+def _start(
+    store: PlatformStore, experiment_id: str = "exp-1", coverage: float = 1.0, split: float = 0.5
+) -> ExperimentRecord:
     return store.start_experiment(
         experiment_id=experiment_id,
         partition_key="2026-01-04",
@@ -71,12 +74,12 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _expected(user: str, experiment: dict, production: str) -> Route:
-    variant = assign_variant(user, experiment["salt"], split=experiment["split"], coverage=experiment["coverage"])
+def _expected(user: str, experiment: ExperimentRecord | ActiveExperiment, production: str) -> Route:
+    variant = assign_variant(user, experiment.salt, split=experiment.split, coverage=experiment.coverage)
     if variant is None:
         return Route(None, production, None)
-    model = experiment["treatment_model"] if variant == "treatment" else experiment["control_model"]
-    return Route(variant, model, experiment["experiment_id"])
+    model = experiment.treatment_model if variant == "treatment" else experiment.control_model
+    return Route(variant, model, experiment.experiment_id)
 
 
 @pytest.fixture
@@ -196,7 +199,8 @@ def test_routes_from_redis_without_touching_sql(live_redis: tuple[redis.Redis, s
     # SQL is unreachable: every answer must come from Redis.
     broken = sa.create_engine(f"sqlite:///{tmp_path / 'missing' / 'nope.db'}")
     router = Router(broken, default_model=DEFAULT, client=client, key_prefix=prefix)
-    assert [router.route(u) for u in USERS] == [_expected(u, experiment, "prod-r") for u in USERS]
+    active = ActiveExperiment.from_mapping(experiment)
+    assert [router.route(u) for u in USERS] == [_expected(u, active, "prod-r") for u in USERS]
     assert router.snapshot().source == "redis"
 
 
