@@ -6,25 +6,19 @@ and the cost gate, before any upload), uploads each file once per content hash (
 the platform store, so a rerun reuses it) and creates the job with `method.supervised.hyperparameters`,
 `suffix`, `seed` and metadata (job key, training file hash, partition, config hash). `poll` streams the
 job's events into the progress callback and tolerates transient errors and unknown statuses; `result`
-reads the results CSV (raw or base64) and, optionally, picks the checkpoint with the lowest
-`full_valid_loss`. Reference: /work/shared/reference/openai-fine-tuning.md.
+reads the results CSV (raw or base64, parsed in `openai_files`) and, optionally, picks the checkpoint
+with the lowest `full_valid_loss`. The API it follows: https://platform.openai.com/docs/api-reference/fine-tuning
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import csv
 import hashlib
-import io
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from finetune_assets.errors import FinetuneAssetsError
 from finetune_assets.finetuning.base import (
     ChatExample,
     JobState,
@@ -35,14 +29,21 @@ from finetune_assets.finetuning.base import (
     TrainingResult,
     TrainingSpec,
 )
-from finetune_assets.finetuning.dataset import content_hash
 from finetune_assets.finetuning.openai_client import CircuitOpenError, OpenAIClient, api_failure_message, is_transient
+from finetune_assets.finetuning.openai_files import (
+    FileRegistry,
+    OpenAIBackendError,
+    ResultsCurve,
+    disjoint_validation,
+    format_job_error,
+    jsonl_bytes,
+    parse_results_csv,
+)
 from finetune_assets.finetuning.tokens import Preflight, preflight, price_per_million
 from finetune_assets.settings import OpenAISettings
 
 JOB_KEY = "finetune_job_key"
 """The metadata key a job is found by on re-attach."""
-RESULTS_HEADER = "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
 STATUS_MAP: dict[str, JobStatus] = {
     "validating_files": "queued",
     "queued": "queued",
@@ -54,88 +55,8 @@ STATUS_MAP: dict[str, JobStatus] = {
 MAX_METADATA_KEYS = 16
 
 
-class OpenAIBackendError(FinetuneAssetsError, RuntimeError):
-    """A fine-tune that cannot start as asked (bad file, over budget): the message says why and what to change."""
-
-
 class CostLimitExceeded(OpenAIBackendError):
     """The estimated cost is above `openai.max_cost_usd`; nothing was uploaded."""
-
-
-class FileRegistry(Protocol):
-    """Remembers content hash -> file id per endpoint (the platform store implements it)."""
-
-    def uploaded_file(self, endpoint: str, sha256: str) -> str | None: ...
-
-    def remember_upload(
-        self, *, endpoint: str, sha256: str, file_id: str, purpose: str, n_bytes: int, filename: str
-    ) -> None: ...
-
-
-def jsonl_bytes(examples: Sequence[ChatExample]) -> bytes:
-    return "".join(example.to_openai_line() + "\n" for example in examples).encode()
-
-
-def disjoint_validation(
-    train: Sequence[ChatExample], validation: Sequence[ChatExample]
-) -> tuple[list[ChatExample], int]:
-    """Validation examples whose content is in no training example (and not repeated): (kept, dropped)."""
-    seen = {content_hash(list(e.messages)) for e in train}
-    kept: list[ChatExample] = []
-    for example in validation:
-        digest = content_hash(list(example.messages))
-        if digest not in seen:
-            seen.add(digest)
-            kept.append(example)
-    return kept, len(validation) - len(kept)
-
-
-@dataclass(frozen=True)
-class ResultsCurve:
-    """The results CSV: (step, value) series; validation columns only where the step had them."""
-
-    train_loss: list[tuple[int, float]]
-    train_accuracy: list[tuple[int, float]]
-    valid_loss: list[tuple[int, float]]
-    valid_accuracy: list[tuple[int, float]]
-
-
-def parse_results_csv(body: bytes | str) -> ResultsCurve:
-    """Parse `result_files[0]`, decoding it first when it came base64-encoded (it does not start with `step,`)."""
-    text = body.decode() if isinstance(body, bytes) else body
-    if not text.lstrip().startswith("step,"):
-        try:
-            text = base64.b64decode(text.strip(), validate=False).decode()
-        except (binascii.Error, UnicodeDecodeError) as exc:
-            raise OpenAIBackendError(f"results file is neither CSV nor base64-encoded CSV ({exc})") from None
-    rows = csv.DictReader(io.StringIO(text.lstrip()))
-    if rows.fieldnames is None or "step" not in rows.fieldnames or "train_loss" not in rows.fieldnames:
-        raise OpenAIBackendError(f"results file header is {rows.fieldnames}, expected {RESULTS_HEADER}")
-    curve = ResultsCurve([], [], [], [])
-    columns = (
-        ("train_loss", curve.train_loss),
-        ("train_accuracy", curve.train_accuracy),
-        ("valid_loss", curve.valid_loss),
-        ("valid_mean_token_accuracy", curve.valid_accuracy),
-    )
-    for row in rows:
-        step = int(float(row["step"]))
-        for name, series in columns:
-            value = (row.get(name) or "").strip()
-            if value:
-                series.append((step, float(value)))
-    return curve
-
-
-def format_job_error(error: Any) -> str:
-    """OpenAI's `error {code, message, param}` as one line."""
-    if error is None:
-        return "no error details"
-    code = getattr(error, "code", None)
-    message = getattr(error, "message", None)
-    param = getattr(error, "param", None)
-    text = f"{code or 'unknown_error'}: {message or 'no message'}"
-    return text + (f" (param: {param})" if param else "")
 
 
 METRICS_LINES_PER_JOB = 20

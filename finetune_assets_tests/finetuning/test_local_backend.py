@@ -23,13 +23,9 @@ from finetune_assets.finetuning.demo_base_model import (
     ensure_demo_base_model,
     format_chat_for_pretraining,
 )
-from finetune_assets.finetuning.local_backend import (
-    DEFAULT_HYPERPARAMETERS,
-    LocalBackend,
-    LocalBackendError,
-    _parse_hyperparameters,
-    device_info,
-)
+from finetune_assets.finetuning.local_backend import LocalBackend
+from finetune_assets.finetuning.local_model import LocalBackendError, device_info
+from finetune_assets.finetuning.local_training import DEFAULT_HYPERPARAMETERS, parse_hyperparameters
 
 TOPICS = ["cats", "coffee", "rust", "gardening", "jazz", "hiking", "pizza", "chess", "rain", "bikes"]
 SYSTEM = {"role": "system", "content": "You write short social posts."}
@@ -129,12 +125,12 @@ def test_import_does_not_load_torch() -> None:
 
 
 def test_hyperparameters_default_and_accept_openai_style() -> None:
-    params, ignored = _parse_hyperparameters({"n_epochs": "auto", "learning_rate": 0.01, "learning_rate_multiplier": 2})
+    params, ignored = parse_hyperparameters({"n_epochs": "auto", "learning_rate": 0.01, "learning_rate_multiplier": 2})
     assert params["n_epochs"] == DEFAULT_HYPERPARAMETERS["n_epochs"]
     assert params["learning_rate"] == 0.01
     assert ignored == ["learning_rate_multiplier"]
     with pytest.raises(LocalBackendError):
-        _parse_hyperparameters({"batch_size": 0})
+        parse_hyperparameters({"batch_size": 0})
 
 
 def test_missing_demo_base_and_unknown_ids_are_clear_errors(tmp_path: Path) -> None:
@@ -318,7 +314,7 @@ def test_any_checkpoint_path_without_chat_template(state_dir: Path, tmp_path: Pa
     """A non-GPT-2 checkpoint given by path: LoRA on all linear layers, the fallback role-tag template."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from finetune_assets.finetuning.local_backend import FALLBACK_CHAT_TEMPLATE
+    from finetune_assets.finetuning.local_model import FALLBACK_CHAT_TEMPLATE
 
     tokenizer = AutoTokenizer.from_pretrained(LocalBackend(state_dir).demo_base_model_dir)
     tokenizer.chat_template = None

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from finetune_assets.finetuning.base import ChatExample
-from finetune_assets.finetuning.openai_backend import (
+from finetune_assets.finetuning.openai_files import (
     OpenAIBackendError,
     disjoint_validation,
     format_job_error,
