@@ -9,19 +9,21 @@ from finetune_assets.simulation.audience import PlannedPost, plan_traffic, score
 from finetune_assets.simulation.corpus import (
     DEFECT_KINDS,
     GENERATED_POSTS_COLUMNS,
+    DemoWorldConfig,
+    engagement_counts,
+    generate_corpus,
+    world_users,
+)
+from finetune_assets.simulation.engagement import SIMULATION_LABEL, HiddenEngagementModel, count_emojis
+from finetune_assets.simulation.writer import (
     GOOD_STYLES,
     HISTORICAL_STYLE_WEIGHTS,
     STYLES,
     DemoUser,
-    DemoWorldConfig,
-    engagement_counts,
-    generate_corpus,
     make_prompt,
     make_users,
-    world_users,
     write_post,
 )
-from finetune_assets.simulation.engagement import SIMULATION_LABEL, HiddenEngagementModel, count_emojis
 
 __all__ = [
     "DEFECT_KINDS",

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from finetune_assets.simulation.corpus import DemoUser, Message, _utc, engagement_counts, make_prompt
+from finetune_assets.simulation.corpus import engagement_counts, utc
 from finetune_assets.simulation.engagement import HiddenEngagementModel
+from finetune_assets.simulation.writer import DemoUser, Message, make_prompt
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def plan_traffic(
         raise ValueError(f"hours must be positive, got {hours}")
     if not 0.0 <= active_fraction <= 1.0:
         raise ValueError(f"active_fraction must be in [0, 1], got {active_fraction}")
-    start = _utc(start, "start")
+    start = utc(start, "start")
     window_s = hours * 3_600.0
     planned: list[PlannedPost] = []
     for user, user_rng in zip(users, rng.spawn(len(users)), strict=True):

@@ -17,15 +17,9 @@ import numpy as np
 
 from finetune_assets.experiments.runtime.assignment import NOT_ENROLLED_CODE, TREATMENT_CODE, assign_many
 from finetune_assets.simulation import DemoWorldConfig
-from finetune_assets.simulation.corpus import (
-    IMPRESSIONS_MEAN,
-    IMPRESSIONS_SHAPE,
-    DemoUser,
-    make_prompt,
-    world_users,
-    write_post,
-)
+from finetune_assets.simulation.corpus import IMPRESSIONS_MEAN, IMPRESSIONS_SHAPE, world_users
 from finetune_assets.simulation.engagement import HiddenEngagementModel
+from finetune_assets.simulation.writer import DemoUser, make_prompt, write_post
 from finetune_assets.store.records import ExperimentRecord
 
 
