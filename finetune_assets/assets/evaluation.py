@@ -9,13 +9,14 @@ from finetune_assets.deployment.k8s import model_step_resources
 from finetune_assets.evaluation.judge import judge_with
 from finetune_assets.evaluation.predictor import SCORER_VERSION, LazyPredictor
 from finetune_assets.evaluation.scoring import LazyModel, comparison_table, predicted_engagement, score_model
+from finetune_assets.finetuning.runner import backend_errors, backend_for
 from finetune_assets.partitions import cycle_asset
 from finetune_assets.reporting.metadata import evaluation_plot, image_markdown
 from finetune_assets.reporting.metrics import report_evaluation
 from finetune_assets.reporting.progress import reporter
 from finetune_assets.resources.cache import RedisResource
 from finetune_assets.resources.config import PipelineConfigResource
-from finetune_assets.resources.openai import OpenAIResource, backend_failure
+from finetune_assets.resources.openai import OpenAIResource
 from finetune_assets.resources.store import StoreResource
 from finetune_assets.resources.tracking import TrackingResource
 
@@ -54,7 +55,7 @@ def evaluation_scores(
         local_scope=str(settings.resolved_state_dir()),
     )
     predictor = LazyPredictor(db.history_for_predictor(settings.min_impressions))
-    backend = openai.backend(settings, db)
+    backend = backend_for(settings, db, lambda: openai.client(settings.openai))
     options = {
         "max_new_tokens": settings.evaluation.max_new_tokens,
         "seed": settings.evaluation.generation_seed,
@@ -63,15 +64,10 @@ def evaluation_scores(
     say(f"evaluation 1/2: candidate {model.model_id} on {len(holdout)} held-out prompts")
     candidate_model = LazyModel(model.model_id, lambda: backend.load(model.model_id))
     champion_model = LazyModel(champion_id, lambda: backend.load(champion_id))
-    try:
+    with backend_errors(backend):  # an API error (redacted), an open circuit breaker: one clear line
         candidate = score_model(candidate_model, holdout, predictor, cache=cache, **options)
         say(f"evaluation 2/2: champion {champion_id} on {len(holdout)} held-out prompts")
         champion = score_model(champion_model, holdout, predictor, cache=cache, **options)
-    except Exception as exc:  # an API error (redacted), an open circuit breaker: one clear line
-        failure = backend_failure(backend, exc)
-        if failure is None:
-            raise
-        raise failure from None
     scores = {"candidate": candidate.as_dict(), "champion": champion.as_dict()}
     judge: dict[str, Any] = {}
     if settings.evaluation.judge_model:  # pairwise LLM judge, alongside (not instead of) the scores above
@@ -83,13 +79,8 @@ def evaluation_scores(
             seed=settings.evaluation.generation_seed,
             concurrency=settings.openai.chat_concurrency,
         )
-        try:
+        with backend_errors(backend):
             report = judge_model.compare([e.prompt for e in holdout], candidate.generations, champion.generations)
-        except Exception as exc:
-            failure = backend_failure(backend, exc)
-            if failure is None:
-                raise
-            raise failure from None
         judge = {
             **report.as_metadata(),
             "judge_verdicts": dg.MetadataValue.json(

@@ -8,8 +8,6 @@ import dagster as dg
 from pydantic import Field
 
 if TYPE_CHECKING:
-    from finetune_assets.finetuning.base import FineTuningBackend
-    from finetune_assets.finetuning.openai_backend import FileRegistry
     from finetune_assets.finetuning.openai_client import OpenAIClient
     from finetune_assets.settings import OpenAISettings, Settings
 
@@ -18,7 +16,8 @@ class OpenAIResource(dg.ConfigurableResource):
     """`api_key` unset: the openai backend and the judge fail with a message naming `OPENAI_API_KEY`.
 
     Everything else about the client (base URL, Azure endpoint, retries, limits) is in `openai:` of
-    pipeline_config.yaml; only the secret comes through here.
+    pipeline_config.yaml; only the secret comes through here. The backends are built by
+    `finetuning.runner.backend_for`, which calls `client` only when the openai backend is configured.
     """
 
     api_key: str | None = Field(default=None, description="Set from the environment: dg.EnvVar('OPENAI_API_KEY').")
@@ -37,28 +36,3 @@ class OpenAIResource(dg.ConfigurableResource):
             return self.client(settings.openai)
         except OpenAIConfigError as exc:
             raise dg.Failure(description=str(exc)) from None
-
-    def backend(self, settings: Settings, files: FileRegistry) -> FineTuningBackend:
-        """The configured backend; for `openai` with a client built from this key and `settings.openai`."""
-        from finetune_assets.finetuning import BackendUnavailable, make_backend
-        from finetune_assets.finetuning.openai_client import OpenAIConfigError
-
-        try:
-            client = self.client(settings.openai) if settings.backend == "openai" else None
-            return make_backend(
-                settings.backend, settings.resolved_state_dir(), settings=settings, openai_client=client, files=files
-            )
-        except (BackendUnavailable, OpenAIConfigError) as exc:
-            raise dg.Failure(description=str(exc)) from None
-
-
-def backend_failure(backend: FineTuningBackend, exc: BaseException) -> dg.Failure | None:
-    """A user-facing `dg.Failure` for what the OpenAI backend raised (API error, cost gate, open breaker), with
-    the key redacted; None for anything else (a bug: its traceback is wanted)."""
-    from finetune_assets.finetuning.openai_client import api_failure_message
-
-    explain = getattr(backend, "explain", None)
-    message = explain(exc) if explain is not None else None
-    if message is None:  # e.g. the judge's client next to a local backend
-        message = api_failure_message(exc)
-    return dg.Failure(description=message) if message is not None else None

@@ -1,9 +1,9 @@
-"""`wait_for`: polls with backoff up to a cap, and gives up at the deadline saying the job keeps running."""
+"""`runner.wait_for`: polls with backoff up to a cap, and gives up at the deadline saying the job keeps running."""
 
 import dagster as dg
 import pytest
 
-from finetune_assets.assets import model
+from finetune_assets.finetuning import runner
 from finetune_assets.finetuning.base import JobState
 
 
@@ -18,17 +18,17 @@ class Backend:
 
 def test_polls_back_off_up_to_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     sleeps: list[float] = []
-    monkeypatch.setattr(model.time, "sleep", sleeps.append)
+    monkeypatch.setattr(runner.time, "sleep", sleeps.append)
     lines: list[str] = []
     backend = Backend(["queued", "running", "running", "running", "running", "running", "succeeded"])
-    model.wait_for(backend, "ftjob-1", lines.append, deadline_s=3600, poll_seconds=10, backoff=2, max_poll_seconds=60)  # type: ignore[arg-type]
+    runner.wait_for(backend, "ftjob-1", lines.append, deadline_s=3600, poll_seconds=10, backoff=2, max_poll_seconds=60)  # type: ignore[arg-type]
     assert sleeps == [10, 20, 40, 60, 60, 60]
     assert lines[-1].startswith("job ftjob-1: succeeded after")
 
 
 def test_the_deadline_fails_and_says_a_rerun_reattaches(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter(range(0, 10_000, 100))
-    monkeypatch.setattr(model.time, "monotonic", lambda: next(clock))
-    monkeypatch.setattr(model.time, "sleep", lambda _: None)
+    monkeypatch.setattr(runner.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(runner.time, "sleep", lambda _: None)
     with pytest.raises(dg.Failure, match="still running after 300 s; it keeps running at the provider"):
-        model.wait_for(Backend(["running"]), "ftjob-2", lambda _: None, deadline_s=300, poll_seconds=1)  # type: ignore[arg-type]
+        runner.wait_for(Backend(["running"]), "ftjob-2", lambda _: None, deadline_s=300, poll_seconds=1)  # type: ignore[arg-type]

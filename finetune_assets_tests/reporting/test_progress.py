@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from finetune_assets.assets.model import wait_for
 from finetune_assets.finetuning.base import JobState
+from finetune_assets.finetuning.runner import wait_for
 from finetune_assets.reporting.progress import PROGRESS_LOGGER, Counter, format_duration, reporter, to_terminal
 
 

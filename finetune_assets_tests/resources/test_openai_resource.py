@@ -5,6 +5,7 @@ import pytest
 
 from finetune_assets.definitions import build_resources
 from finetune_assets.finetuning.local_backend import LocalBackend
+from finetune_assets.finetuning.runner import backend_for
 from finetune_assets.resources.openai import OpenAIResource
 from finetune_assets.settings import parse_settings
 from finetune_assets.store.platform import PlatformStore
@@ -23,7 +24,15 @@ def test_the_code_location_reads_the_key_as_an_env_var(monkeypatch: pytest.Monke
 
 def test_without_a_key_the_openai_backend_is_one_clear_failure(store: PlatformStore) -> None:
     settings = parse_settings(OPENAI, source="c.yaml", environ={})
+    resource = OpenAIResource()
     with pytest.raises(dg.Failure, match="OPENAI_API_KEY is not set"):
-        OpenAIResource().backend(settings, store)
+        backend_for(settings, store, lambda: resource.client(settings.openai))
     local = parse_settings({}, source="c.yaml", environ={})
-    assert isinstance(OpenAIResource().backend(local, store), LocalBackend), "local needs no key"
+    asked: list[str] = []
+
+    def client() -> object:
+        asked.append("client")
+        return resource.client(local.openai)
+
+    assert isinstance(backend_for(local, store, client), LocalBackend), "local needs no key"  # type: ignore[arg-type]
+    assert asked == [], "the local backend never asks for the OpenAI client"
