@@ -62,8 +62,9 @@ class EvaluationSettings(_Section):
 
 
 class OpenAIHyperparameters(_Section):
-    """Sent as `method.supervised.hyperparameters`; "auto" lets OpenAI choose (n_epochs "auto": the cookbook's
-    default, computed here so the cost estimate matches what is sent)."""
+    """Sent as `method.supervised.hyperparameters`; "auto" lets OpenAI choose (n_epochs "auto": the default of
+    https://cookbook.openai.com/examples/chat_finetuning_data_prep, computed here so the cost estimate matches
+    what is sent)."""
 
     n_epochs: int | Literal["auto"] = "auto"
     batch_size: int | Literal["auto"] = "auto"

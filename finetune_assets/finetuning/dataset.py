@@ -20,7 +20,8 @@ from typing import Any
 from finetune_assets.finetuning.base import ChatExample, Message
 
 PROMPT_ROLES = frozenset({"system", "user"})
-# The OpenAI cookbook's role and key sets (reference §11): the format check uses exactly these counters.
+# The role and key sets of OpenAI's chat fine-tuning data-prep cookbook
+# (https://cookbook.openai.com/examples/chat_finetuning_data_prep): the format check uses exactly these counters.
 COOKBOOK_ROLES = frozenset({"system", "user", "assistant", "function"})
 COOKBOOK_KEYS = frozenset({"role", "content", "name", "function_call", "weight"})
 FORMAT_COUNTERS = (
@@ -208,7 +209,7 @@ def select_examples(
 
 
 def cookbook_format_errors(lines: Iterable[Any]) -> dict[str, int]:
-    """OpenAI's cookbook format checks (reference §11): counters keyed by the cookbook's names."""
+    """OpenAI's cookbook format checks: counters keyed by the cookbook's names."""
     errors = dict.fromkeys(FORMAT_COUNTERS, 0)
     for line in lines:
         if not isinstance(line, dict):

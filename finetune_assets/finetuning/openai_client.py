@@ -1,7 +1,8 @@
 """The OpenAI SDK client built from settings, with a circuit breaker, a chat concurrency limit and redaction.
 
 Retries are the SDK's own (408/409/429/5xx and connection errors, honouring `retry-after-ms` /
-`retry-after`; reference §8): `max_retries` and the request timeout come from `openai:` in the settings.
+`retry-after`, as the openai-python README documents): `max_retries` and the request timeout come from
+`openai:` in the settings.
 On top of them a circuit breaker fails fast once `circuit_breaker_failures` calls in a row have failed even
 after those retries, so an outage costs one clear error instead of hours of retrying. Every message built
 from an API error goes through `redact`: the key never reaches a log, metadata or an exception.

@@ -1,4 +1,4 @@
-"""Token counts, the default number of epochs, billing tokens and cost of an OpenAI fine-tune (reference §10-12).
+"""Token counts, the default number of epochs, billing tokens and cost of an OpenAI fine-tune.
 
 Counts follow the cookbook's formula (3 tokens per message + every string value encoded, +1 per `name`, +3
 for the reply priming). The encoding is the model's own when tiktoken has its file locally (cl100k_base
@@ -20,7 +20,7 @@ from typing import Any
 
 from finetune_assets.finetuning.dataset import cookbook_format_errors
 
-# The cookbook's default-epochs constants (reference §12).
+# The default-epochs constants of https://cookbook.openai.com/examples/chat_finetuning_data_prep.
 TARGET_EPOCHS = 3
 MIN_TARGET_EXAMPLES = 100
 MAX_TARGET_EXAMPLES = 25_000
@@ -28,7 +28,7 @@ MIN_DEFAULT_EPOCHS = 1
 MAX_DEFAULT_EPOCHS = 25
 
 MODEL_TOKEN_LIMITS: dict[str, int] = {
-    # Training context per example (reference §10); longer examples are truncated by OpenAI.
+    # Training context per example (OpenAI's fine-tuning guide); longer examples are truncated by OpenAI.
     "gpt-4o-2024-08-06": 65_536,
     "gpt-4o-mini-2024-07-18": 65_536,
     "gpt-3.5-turbo-0125": 16_385,

@@ -1,4 +1,4 @@
-"""The §7 user-clustered data-generating process, hour by hour, as cumulative per-arm sums (vectorized).
+"""The user-clustered data-generating process, hour by hour, as cumulative per-arm sums (vectorized).
 
 Per arm, users arrive uniformly over 168 hours: the count in each (run, hour) cell is Poisson(mean/168), so
 the arm's total is Poisson(mean). Each user has D = 1 + NegBin(r = 2, mean 9) impressions, a propensity
@@ -44,7 +44,7 @@ def hourly_exposure_counts(
     rng: np.random.Generator, runs: int, mean_users_per_arm: float, treatment_loss: float, *, hours: int = HOURS
 ) -> npt.NDArray[np.int64]:
     """Cumulative exposed users (control, treatment), shape (runs, hours, 2); a share ``treatment_loss``
-    of treatment users is silently lost (the §5 SRM detection scenario)."""
+    of treatment users is silently lost (the SRM detection scenario)."""
     control = rng.poisson(mean_users_per_arm / hours, size=(runs, hours))
     treatment = rng.poisson(mean_users_per_arm * (1.0 - treatment_loss) / hours, size=(runs, hours))
     return np.cumsum(np.stack([control, treatment], axis=-1), axis=1)

@@ -1,4 +1,4 @@
-"""Token counts, default epochs, billing tokens and cost (reference §10-12), with the bundled cl100k_base."""
+"""Token counts, default epochs, billing tokens and cost, with the bundled cl100k_base."""
 
 import hashlib
 import shutil

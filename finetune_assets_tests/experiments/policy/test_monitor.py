@@ -1,13 +1,13 @@
-"""The hourly harm/SRM monitor: unit behaviour and the sequential Monte-Carlo targets of ab-testing.md §7.
+"""The hourly harm/SRM monitor: unit behaviour and the sequential Monte-Carlo targets of docs/experiments.md.
 
-Harness (§7): 168 hourly looks, users per arm ~ Poisson(10,000) arriving uniformly, the user-clustered
+Harness: 168 hourly looks, users per arm ~ Poisson(10,000) arriving uniformly, the user-clustered
 DGP of ``_simulation.py``; N* = 20,000 (the forecast of both arms at 168 h). Replications and the
 Monte-Carlo SE each band relies on:
 
-* A/A, 2,000 runs (shared by T3, T3b, T4 and the false-harm rates): SE 0.0049 at 0.05, 0.0032 at 0.0215,
+* A/A, 2,000 runs (shared by the A/A false-stop and false-harm tests): SE 0.0049 at 0.05, 0.0032 at 0.0215,
   0.0028 at 0.016, 0.011 at 0.425.
-* +10 % (T7c), 600 runs: SE 0.012 at the reference 0.912, so the 0.85 bar sits 5 SE below it.
-* −10 % (T8), 400 runs: SE 0.009 at the reference 0.966, so the 0.90 bar sits 7 SE below it.
+* +10 %, 600 runs: SE 0.012 at the expected 0.912, so the 0.85 bar sits 5 SE below it.
+* −10 %, 400 runs: SE 0.009 at the expected 0.966, so the 0.90 bar sits 7 SE below it.
 
 The vectorized replays use the engine's own kernels (``relative_lift_arrays``, ``cs_half_width``,
 ``primary_harm_arrays``) and are cross-checked look by look against the scalar :func:`monitor`.
@@ -46,7 +46,7 @@ class Hourly:
 
     @property
     def ready30(self) -> np.ndarray:
-        """The §7 harness rule for the plain CS tests: ≥ 30 users per arm before any decision."""
+        """The harness rule for the plain CS tests: ≥ 30 users per arm before any decision."""
         return np.minimum(self.control[..., 0], self.treatment[..., 0]) >= 30
 
 
@@ -86,13 +86,13 @@ def _two_sided_cs_rejects(runs: Hourly, n_star: float, side: str = "both") -> np
 
 def test_t3_always_valid_cs_checked_hourly_keeps_the_false_positive_rate(aa: Hourly) -> None:
     fpr = float(_two_sided_cs_rejects(aa, N_STAR).any(axis=1).mean())
-    assert fpr <= 0.065, fpr  # reference 0.0145–0.025 (this seed: 0.0225)
+    assert fpr <= 0.065, fpr  # expected about 0.0145–0.025 (this seed: 0.0225)
 
 
 @pytest.mark.parametrize("n_star", [N_STAR / 10, N_STAR * 10])
 def test_t3b_cs_stays_valid_with_n_star_mis_set_tenfold(aa: Hourly, n_star: float) -> None:
     fpr = float(_two_sided_cs_rejects(aa, n_star).any(axis=1).mean())
-    assert fpr <= 0.065, fpr  # reference 0.0425 (N*/10) and 0.000 (10 N*)
+    assert fpr <= 0.065, fpr  # expected about 0.0425 (N*/10) and 0.000 (10 N*)
 
 
 def test_t4_naive_z_test_peeked_hourly_or_daily_inflates_the_false_positive_rate(aa: Hourly) -> None:
@@ -103,15 +103,15 @@ def test_t4_naive_z_test_peeked_hourly_or_daily_inflates_the_false_positive_rate
     hourly = float(significant.any(axis=1).mean())
     daily = float(significant[:, 23::24].any(axis=1).mean())
     final = float(significant[:, -1].mean())
-    assert hourly >= 0.25, hourly  # reference 0.425
-    assert daily >= 0.12, daily  # reference 0.179
-    assert 0.035 <= final <= 0.065, final  # T1 at the single planned look
+    assert hourly >= 0.25, hourly  # expected about 0.425
+    assert daily >= 0.12, daily  # expected about 0.179
+    assert 0.035 <= final <= 0.065, final  # the fixed-horizon test at the single planned look
 
 
 def test_t8_aa_false_harm_rate_of_the_monitor(aa: Hourly) -> None:
     _, _, stop = primary_harm_arrays(aa.control, aa.treatment, HOUR, n_star=N_STAR)
     rate = float(stop.any(axis=1).mean())
-    assert rate <= 0.035, rate  # reference 0.014; α_harm = 0.025 one-sided
+    assert rate <= 0.035, rate  # expected about 0.014; α_harm = 0.025 one-sided
 
 
 def _guardrail_effects(control: np.ndarray, treatment: np.ndarray, col: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +126,7 @@ def _guardrail_effects(control: np.ndarray, treatment: np.ndarray, col: int) -> 
 
 
 def test_t8_aa_false_harm_rate_of_the_guardrails_is_bonferroni_bounded(aa: Hourly) -> None:
-    """Error budget (§1): ≤ 0.025 summed over guardrails — K = 2 guardrails at α_harm/K each."""
+    """Error budget: ≤ 0.025 summed over guardrails — K = 2 guardrails at α_harm/K each."""
     c, t = aa.control, aa.treatment
     ready = (HOUR >= MIN_HOURS) & (np.minimum(c[..., 0], t[..., 0]) >= MIN_USERS_PER_ARM)
     ready &= np.minimum(c[..., 1], t[..., 1]) >= 25
@@ -153,16 +153,16 @@ def test_t8_aa_false_harm_rate_of_the_guardrails_is_bonferroni_bounded(aa: Hourl
 def test_t7c_always_valid_cs_power_at_plus_10_percent(win_runs: Hourly) -> None:
     first = first_true_hour(_two_sided_cs_rejects(win_runs, N_STAR, side="greater"))
     power = float(np.isfinite(first).mean())
-    assert power >= 0.85, power  # reference 0.912
-    assert float(np.median(first)) <= 110  # reference 83 h (non-stoppers count as ∞)
+    assert power >= 0.85, power  # expected about 0.912
+    assert float(np.median(first)) <= 110  # expected about 83 h (non-stoppers count as ∞)
 
 
 def test_t8_harm_detection_at_minus_10_percent(harm_runs: Hourly) -> None:
     _, _, stop = primary_harm_arrays(harm_runs.control, harm_runs.treatment, HOUR, n_star=N_STAR)
     first = first_true_hour(stop)
     power = float(np.isfinite(first).mean())
-    assert power >= 0.90, power  # reference 0.966
-    assert float(np.median(first)) <= 90  # reference 60 h
+    assert power >= 0.90, power  # expected about 0.966
+    assert float(np.median(first)) <= 90  # expected about 60 h
     assert float(np.min(first)) >= MIN_HOURS  # never before the minimum
 
 
