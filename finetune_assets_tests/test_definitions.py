@@ -2,7 +2,6 @@ import itertools
 import json
 import subprocess
 import sys
-import time
 
 import dagster as dg
 
@@ -19,17 +18,17 @@ ASSETS = {
 }
 
 
-def test_definitions_load_light_and_fast() -> None:
+HEAVY_MODULES = ("torch", "transformers", "trl", "peft", "mlflow", "openai", "tiktoken", "redis")
+"""Imported only inside the functions that use them; how long loading takes is `bench/definitions_load.py`'s."""
+
+
+def test_loading_the_definitions_imports_no_heavy_library() -> None:
     code = (
-        "import sys, time; t = time.perf_counter(); from finetune_assets.definitions import defs; "
-        "print(time.perf_counter() - t); "
-        "print(','.join(m for m in ('torch', 'transformers', 'peft', 'mlflow') if m in sys.modules))"
+        "import sys; from finetune_assets.definitions import defs; "
+        f"print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
     )
-    started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert time.perf_counter() - started < 10
-    assert float(out[0]) <= 3.0
-    assert out[1] == "", f"definitions imported heavy modules: {out[1]}"
+    heavy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert heavy == "", f"loading finetune_assets.definitions imported heavy modules: {heavy}"
 
 
 def test_graph_shape() -> None:

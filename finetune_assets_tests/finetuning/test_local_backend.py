@@ -11,7 +11,6 @@ import math
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -171,10 +170,8 @@ def test_demo_base_model_is_idempotent(state_dir: Path) -> None:
     out_dir = LocalBackend(state_dir).demo_base_model_dir
     weights = out_dir / "model.safetensors"
     before = weights.stat().st_mtime_ns
-    started = time.monotonic()
     # No texts at all: a rebuild would raise, so returning proves the marker short-circuits.
     assert ensure_demo_base_model([], out_dir) == out_dir
-    assert time.monotonic() - started < 0.5
     assert weights.stat().st_mtime_ns == before
     assert json.loads((out_dir / MARKER_FILE).read_text())["steps"] > 0
     assert [p.name for p in out_dir.parent.iterdir()] == [DEMO_BASE_MODEL]  # no temp dirs left behind
@@ -228,9 +225,7 @@ def test_second_start_reattaches_without_training(trained: tuple[LocalBackend, s
     result_file = backend.job_dir(job_id) / "result.json"
     before = result_file.stat().st_mtime_ns
     lines: list[str] = []
-    started = time.monotonic()
     state = LocalBackend(backend.state_dir).start(_spec("hype" + "0" * 60), progress=lines.append)
-    assert time.monotonic() - started < 1.0
     assert state.job_id == job_id and state.status == "succeeded"
     assert result_file.stat().st_mtime_ns == before
     assert not any("step" in line for line in lines)

@@ -1,7 +1,6 @@
 """The OpenAI backend against the local OpenAI-compatible server, without Dagster: lifecycle, events,
 checkpoint choice, cancel, idempotent uploads, the cost gate and the circuit breaker over real HTTP."""
 
-import time
 from types import SimpleNamespace
 
 import openai
@@ -145,12 +144,11 @@ def test_the_circuit_breaker_fails_fast_after_consecutive_failures(openai_server
     for _ in range(3):  # a transient error while polling keeps the last known state
         assert backend.poll(state.job_id).status == "queued"
     seen = len(openai_server.requests)
-    started = time.monotonic()
     with pytest.raises(
         CircuitOpenError, match=r"3 consecutive failures \(last: InternalServerError HTTP 503"
     ) as raised:
         backend.poll(state.job_id)
-    assert len(openai_server.requests) == seen and time.monotonic() - started < 0.5, "no request once open"
+    assert len(openai_server.requests) == seen, "no request once the breaker is open"
     assert backend.explain(raised.value) == str(raised.value) and openai_server.api_key not in str(raised.value)
     with pytest.raises(openai.InternalServerError):
         backend_for(openai_server).api.sdk.fine_tuning.jobs.retrieve(state.job_id)
