@@ -20,6 +20,7 @@ from finetune_assets.deployment.k8s import EXECUTOR_ENV, GPUS_ENV
 from finetune_assets.jobs import finetune_cycle_job
 from finetune_assets.settings import CONFIG_ENV, STATE_DIR_ENV
 from finetune_assets_tests.deployment.conftest import (
+    CHART_COMMIT,
     CHART_DEFAULTS,
     CHART_SCHEMA,
     CHART_SHA256,
@@ -55,7 +56,7 @@ def merged(chart_defaults: dict[str, Any], helm_values: dict[str, Any]) -> dict[
 
 def test_chart_files_are_the_unmodified_upstream_ones() -> None:
     for path in (CHART_SCHEMA, CHART_DEFAULTS):
-        assert sha256(path) == CHART_SHA256[path.name], f"{path} differs from dagster-io/dagster@437f92d9"
+        assert sha256(path) == CHART_SHA256[path.name], f"{path} differs from dagster-io/dagster@{CHART_COMMIT}"
 
 
 def test_helm_merge_is_helms() -> None:
