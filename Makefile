@@ -1,4 +1,5 @@
-# finetune-assets: `make demo` (one whole cycle on embedded defaults), `make test` (the suite), `make dev` (UI).
+# finetune-assets: `make demo` (one whole cycle on embedded defaults), `make test` (the suite, as CI runs it),
+# `make test-fast` (the developer's loop), `make dev` (UI).
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -6,7 +7,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export FINETUNE_CONFIG ?= $(CURDIR)/pipeline_config.yaml
 
-.PHONY: install demo dev test lint typecheck services browser bench clean
+.PHONY: install demo dev test test-fast lint typecheck services browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -58,6 +59,16 @@ browser: $(CHROMIUM)
 test: install lint typecheck services browser $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600
+
+# The developer's loop, under 90 s on 2 cores: no service, no browser, no training, one pytest worker per core.
+# Tests that use a service fixture or train are marked so by the root conftest and deselected here; the service
+# URLs point at a closed port, so a test that reaches a service anyway fails instead of passing on a running one.
+FAST_ENV := FINETUNE_TEST_POSTGRES_URL=postgresql+psycopg2://nobody@127.0.0.1:9/none \
+	FINETUNE_TEST_REDIS_URL=redis://127.0.0.1:9/0
+test-fast: install
+	$(BIN)/ruff check finetune_assets finetune_assets_tests bench
+	$(FAST_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=120 -n auto \
+	  -m "not slow and not browser and not integration"
 
 bench: install services
 	$(BIN)/python bench/definitions_load.py

@@ -29,6 +29,33 @@ pytest_plugins = [
     "finetune_assets_tests.fixtures.services",
 ]
 
+SERVICE_FIXTURES = frozenset(
+    {
+        "postgres_url",
+        "pg_store",
+        "pg_dagster_instance",
+        "redis_resource",
+        "private_redis",
+        "mlflow_server",
+        "mlflow_tracking",
+    }
+)
+"""A test that asks for one of these talks to a real service: it is `integration` whatever its module says."""
+TRAINING_FIXTURES = frozenset({"demo_base_model", "demo_instance"})
+"""A test that asks for one of these trains a model first: it is `slow`."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark by what a test uses, before `-m` selects: `make test-fast` can then never start a service or train."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & SERVICE_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+        if used & TRAINING_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+
+
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)  # a Wednesday: the newest cycle is the week of 2026-11-15
 
 

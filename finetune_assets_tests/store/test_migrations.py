@@ -116,7 +116,7 @@ ROWS: dict[str, list[dict[str, Any]]] = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path):
     url = (
         f"sqlite:///{tmp_path / 'finetune.db'}"

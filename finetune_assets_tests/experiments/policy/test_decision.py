@@ -152,6 +152,7 @@ def test_not_enough_data_or_open_windows_keep_production() -> None:
     assert (result.action, result.code) == ("keep", "no_data")
 
 
+@pytest.mark.slow  # a Monte-Carlo simulation of thousands of experiments
 def test_power_of_the_fixed_promotion_test_at_plus_5_percent_20k_per_arm() -> None:
     rng = np.random.default_rng(20_240_705)
     control, treatment = _final_sums(rng, 400, 20_000, 0.0), _final_sums(rng, 400, 20_000, 0.05)
@@ -166,6 +167,7 @@ def test_power_of_the_fixed_promotion_test_at_plus_5_percent_20k_per_arm() -> No
     assert float(np.mean(guarded)) >= 0.80
 
 
+@pytest.mark.slow  # a Monte-Carlo simulation of thousands of experiments
 def test_aa_false_promotion_rate_is_one_sided_alpha_win() -> None:
     rng = np.random.default_rng(20_240_706)
     control, treatment = _final_sums(rng, 1000, 2000, 0.0), _final_sums(rng, 1000, 2000, 0.0)

@@ -84,18 +84,21 @@ def _two_sided_cs_rejects(runs: Hourly, n_star: float, side: str = "both") -> np
 # --- Monte-Carlo targets --------------------------------------------------------------------------------
 
 
-def test_t3_always_valid_cs_checked_hourly_keeps_the_false_positive_rate(aa: Hourly) -> None:
+@pytest.mark.slow  # a Monte-Carlo simulation of thousands of experiments
+def test_always_valid_cs_checked_hourly_keeps_the_false_positive_rate(aa: Hourly) -> None:
     fpr = float(_two_sided_cs_rejects(aa, N_STAR).any(axis=1).mean())
     assert fpr <= 0.065, fpr  # expected about 0.0145–0.025 (this seed: 0.0225)
 
 
+@pytest.mark.slow  # a Monte-Carlo simulation of thousands of experiments
 @pytest.mark.parametrize("n_star", [N_STAR / 10, N_STAR * 10])
-def test_t3b_cs_stays_valid_with_n_star_mis_set_tenfold(aa: Hourly, n_star: float) -> None:
+def test_cs_stays_valid_with_n_star_mis_set_tenfold(aa: Hourly, n_star: float) -> None:
     fpr = float(_two_sided_cs_rejects(aa, n_star).any(axis=1).mean())
     assert fpr <= 0.065, fpr  # expected about 0.0425 (N*/10) and 0.000 (10 N*)
 
 
-def test_t4_naive_z_test_peeked_hourly_or_daily_inflates_the_false_positive_rate(aa: Hourly) -> None:
+@pytest.mark.slow  # a Monte-Carlo simulation of thousands of experiments
+def test_naive_z_test_peeked_hourly_or_daily_inflates_the_false_positive_rate(aa: Hourly) -> None:
     """Negative control: the fixed-horizon test is not always-valid."""
     lift, se = relative_lift_arrays(aa.control, aa.treatment)
     with np.errstate(invalid="ignore"):
@@ -108,7 +111,8 @@ def test_t4_naive_z_test_peeked_hourly_or_daily_inflates_the_false_positive_rate
     assert 0.035 <= final <= 0.065, final  # the fixed-horizon test at the single planned look
 
 
-def test_t8_aa_false_harm_rate_of_the_monitor(aa: Hourly) -> None:
+@pytest.mark.slow  # a Monte-Carlo simulation of thousands of experiments
+def test_aa_false_harm_rate_of_the_monitor(aa: Hourly) -> None:
     _, _, stop = primary_harm_arrays(aa.control, aa.treatment, HOUR, n_star=N_STAR)
     rate = float(stop.any(axis=1).mean())
     assert rate <= 0.035, rate  # expected about 0.014; α_harm = 0.025 one-sided
@@ -125,7 +129,8 @@ def _guardrail_effects(control: np.ndarray, treatment: np.ndarray, col: int) -> 
     return effect, se
 
 
-def test_t8_aa_false_harm_rate_of_the_guardrails_is_bonferroni_bounded(aa: Hourly) -> None:
+@pytest.mark.slow  # a Monte-Carlo simulation of thousands of experiments
+def test_aa_false_harm_rate_of_the_guardrails_is_bonferroni_bounded(aa: Hourly) -> None:
     """Error budget: ≤ 0.025 summed over guardrails — K = 2 guardrails at α_harm/K each."""
     c, t = aa.control, aa.treatment
     ready = (HOUR >= MIN_HOURS) & (np.minimum(c[..., 0], t[..., 0]) >= MIN_USERS_PER_ARM)
@@ -150,14 +155,16 @@ def test_t8_aa_false_harm_rate_of_the_guardrails_is_bonferroni_bounded(aa: Hourl
         )
 
 
-def test_t7c_always_valid_cs_power_at_plus_10_percent(win_runs: Hourly) -> None:
+@pytest.mark.slow  # a Monte-Carlo simulation of thousands of experiments
+def test_always_valid_cs_power_at_plus_10_percent(win_runs: Hourly) -> None:
     first = first_true_hour(_two_sided_cs_rejects(win_runs, N_STAR, side="greater"))
     power = float(np.isfinite(first).mean())
     assert power >= 0.85, power  # expected about 0.912
     assert float(np.median(first)) <= 110  # expected about 83 h (non-stoppers count as ∞)
 
 
-def test_t8_harm_detection_at_minus_10_percent(harm_runs: Hourly) -> None:
+@pytest.mark.slow  # a Monte-Carlo simulation of thousands of experiments
+def test_harm_detection_at_minus_10_percent(harm_runs: Hourly) -> None:
     _, _, stop = primary_harm_arrays(harm_runs.control, harm_runs.treatment, HOUR, n_star=N_STAR)
     first = first_true_hour(stop)
     power = float(np.isfinite(first).mean())
@@ -166,6 +173,7 @@ def test_t8_harm_detection_at_minus_10_percent(harm_runs: Hourly) -> None:
     assert float(np.min(first)) >= MIN_HOURS  # never before the minimum
 
 
+@pytest.mark.slow  # a Monte-Carlo simulation of thousands of experiments
 def test_vectorized_replay_is_the_scalar_monitor(harm_runs: Hourly, aa: Hourly) -> None:
     for runs, indices in ((harm_runs, range(6)), (aa, range(3))):
         lift, upper, stop = primary_harm_arrays(runs.control, runs.treatment, HOUR, n_star=N_STAR)

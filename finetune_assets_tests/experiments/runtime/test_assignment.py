@@ -39,13 +39,13 @@ SALT = "ab-test-42:1"
 
 
 @pytest.mark.parametrize(("seed", "value", "version", "expected"), HASH_VECTORS)
-def test_t11_hash_vectors(seed: str, value: str, version: int, expected: float) -> None:
+def test_hash_vectors(seed: str, value: str, version: int, expected: float) -> None:
     bucket = hash_bucket(seed, value, version)
     assert bucket is not None
     assert round(bucket, 4) == expected
 
 
-def test_t11_unknown_hash_version_is_none() -> None:
+def test_unknown_hash_version_is_none() -> None:
     assert hash_bucket("seed", "a", 99) is None
     assert hash_bucket("seed", "a", 0) is None
 
@@ -92,7 +92,7 @@ def test_ids_are_normalized_to_stripped_strings() -> None:
     assert assign_variant(42, SALT) == assign_variant("42", SALT) == assign_variant(" 42 ", SALT)
 
 
-def test_t12_uniformity_100k_ids() -> None:
+def test_uniformity_100k_ids() -> None:
     ids = list(range(1, 100_001))
     buckets = hash_buckets(SALT, [str(i) for i in ids])
     assert buckets.min() >= 0.0
@@ -105,14 +105,14 @@ def test_t12_uniformity_100k_ids() -> None:
     assert not (arms == -1).any()
 
 
-def test_t12_split_share_follows_weights() -> None:
+def test_split_share_follows_weights() -> None:
     arms = assign_many(range(1, 100_001), SALT, split=0.2, coverage=0.5)
     assert abs(float(np.mean(arms != -1)) - 0.5) < 0.005
     enrolled = arms[arms != -1]
     assert abs(float(np.mean(enrolled == 1)) - 0.2) < 0.006  # SE 0.0018 at 50k enrolled
 
 
-def test_t12b_cross_experiment_independence() -> None:
+def test_cross_experiment_independence() -> None:
     ids = [str(i) for i in range(100_000)]
     # |corr| < 0.01 is ≈ 3 SE at 100k ids (SE = 1/sqrt(1e5) = 0.0032).
     v2 = np.corrcoef(hash_buckets("exp-1", ids), hash_buckets("exp-2", ids))[0, 1]
@@ -123,7 +123,7 @@ def test_t12b_cross_experiment_independence() -> None:
     assert abs(np.corrcoef(v1_a, v1_b)[0, 1]) > 0.03
 
 
-def test_t13_same_arm_in_processes_with_different_hash_seeds() -> None:
+def test_same_arm_in_processes_with_different_hash_seeds() -> None:
     ids = list(range(500)) + [f"user-{i}" for i in range(500)]
     expected = assign_many(ids, SALT, split=0.5, coverage=0.8).tolist()
     script = (
@@ -147,7 +147,7 @@ def test_t13_same_arm_in_processes_with_different_hash_seeds() -> None:
         assert json.loads(result.stdout) == expected
 
 
-def test_t13_assignments_are_pinned() -> None:
+def test_assignments_are_pinned() -> None:
     """Regression pin: a change here silently reshuffles every running experiment."""
     arms = assign_many(range(1, 33), "ab-test-42:1").tolist()
     assert "".join(str(a) for a in arms) == PINNED_ARMS
@@ -156,7 +156,7 @@ def test_t13_assignments_are_pinned() -> None:
 PINNED_ARMS = "00011101010010001110110001000111"
 
 
-def test_t14_ramp_never_moves_enrolled_users() -> None:
+def test_ramp_never_moves_enrolled_users() -> None:
     ids = list(range(100_000))
     previous = None
     for coverage in (0.0, 0.05, 0.2, 0.5, 1.0):

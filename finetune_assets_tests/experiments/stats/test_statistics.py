@@ -105,6 +105,7 @@ def test_relative_lift_delta_method_formula() -> None:
 # --- Monte-Carlo validation ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a Monte-Carlo simulation of thousands of experiments
 def test_aa_false_positive_rate_and_p_value_uniformity(aa_runs: Runs) -> None:
     p = np.array([relative_lift(c, t).p_value for c, t in zip(aa_runs.control, aa_runs.treatment, strict=True)])
     fpr = float(np.mean(p < ALPHA))
@@ -120,6 +121,7 @@ def test_impression_level_iid_test_fails_as_negative_control(aa_runs: Runs) -> N
     assert fpr >= 0.09, fpr  # expected ≈ 0.1375 with DE ≈ 1.7; SE 0.0077 at 2,000 runs
 
 
+@pytest.mark.slow  # a Monte-Carlo simulation of thousands of experiments
 def test_ci_coverage_of_true_relative_lift(lift_runs: Runs) -> None:
     # E[M]/E[D] = 0.06·(1 + lift) since D and p are independent, so the true relative lift is 0.10.
     est = [relative_lift(c, t) for c, t in zip(lift_runs.control, lift_runs.treatment, strict=True)]
@@ -128,6 +130,7 @@ def test_ci_coverage_of_true_relative_lift(lift_runs: Runs) -> None:
     assert float(np.mean([e.lift for e in est])) == pytest.approx(0.10, abs=0.005)  # ≈ unbiased
 
 
+@pytest.mark.slow  # a Monte-Carlo simulation of thousands of experiments
 def test_power_at_10_percent_lift_with_10k_users_per_arm() -> None:
     # 400 runs instead of 1,000: SE at power 0.989 is 0.0052, so the 0.95 bar sits ≈ 7 SE below.
     rng = np.random.default_rng(20240603)
