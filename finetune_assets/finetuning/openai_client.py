@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from finetune_assets.errors import FinetuneAssetsError
@@ -89,16 +90,28 @@ def api_failure_message(exc: BaseException, secret: str | None = None) -> str | 
     return None
 
 
+def _utc_second(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 class CircuitBreaker:
     """Counts consecutive transient failures; at `threshold` it opens for `reset_after_s`, then lets one try."""
 
-    def __init__(self, threshold: int, reset_after_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        threshold: int,
+        reset_after_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.threshold = threshold
         self.reset_after_s = reset_after_s
         self._clock = clock
+        self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._failures = 0
         self._opened_at: float | None = None
+        self._opened_wall = 0.0
         self._last_error = ""
 
     @property
@@ -119,36 +132,52 @@ class CircuitBreaker:
             return False
         return True
 
+    def _open_message_locked(self) -> str:
+        """What an operator needs to tell a dead endpoint from one bad call: open since when, after how many
+        failures, the last one, and when the next call will be let through."""
+        assert self._opened_at is not None
+        wait = max(0.0, self.reset_after_s - (self._clock() - self._opened_at))
+        return (
+            f"OpenAI API: circuit breaker open since {_utc_second(self._opened_wall)} after {self._failures} "
+            f"consecutive failures (last: {self._last_error}); failing fast for another {wait:.0f} s, next try at "
+            f"{_utc_second(self._opened_wall + self.reset_after_s)} (openai.circuit_breaker_failures = "
+            f"{self.threshold}, openai.circuit_breaker_reset_seconds = {self.reset_after_s:g})"
+        )
+
     def before_call(self) -> None:
         with self._lock:
             if self._open_locked():
-                assert self._opened_at is not None
-                wait = self.reset_after_s - (self._clock() - self._opened_at)
-                raise CircuitOpenError(
-                    f"OpenAI API: {self._failures} consecutive failures (last: {self._last_error}); failing fast "
-                    f"for another {wait:.0f} s (openai.circuit_breaker_failures = {self.threshold})"
-                )
+                raise CircuitOpenError(self._open_message_locked())
 
     def record_success(self) -> None:
         with self._lock:
             self._failures = 0
             self._opened_at = None
 
-    def record_failure(self, description: str) -> None:
+    def record_failure(self, description: str) -> str | None:
+        """Count a transient failure; the breaker's open message when this failure opened it, else None."""
         with self._lock:
             self._failures += 1
             self._last_error = description
-            if self._failures >= self.threshold:
-                self._opened_at = self._clock()
+            if self._failures < self.threshold:
+                return None
+            self._opened_at = self._clock()
+            self._opened_wall = self._wall_clock()
+            return self._open_message_locked()
 
     def call(self, fn: Callable[[], T], describe: Callable[[BaseException], str] = str) -> T:
-        """Run `fn` unless open; transient failures count toward opening, anything else passes through."""
+        """Run `fn` unless open; transient failures count toward opening, anything else passes through.
+
+        The failure that opens the breaker already raises `CircuitOpenError` (its cause chained), so the
+        step fails saying the breaker opened rather than naming one more HTTP status.
+        """
         self.before_call()
         try:
             result = fn()
         except Exception as exc:
-            if is_transient(exc):
-                self.record_failure(describe(exc))
+            opened = self.record_failure(describe(exc)) if is_transient(exc) else None
+            if opened is not None:
+                raise CircuitOpenError(opened) from exc
             raise
         self.record_success()
         return result

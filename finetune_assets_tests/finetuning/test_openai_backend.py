@@ -141,8 +141,10 @@ def test_the_circuit_breaker_fails_fast_after_consecutive_failures(openai_server
     backend = backend_for(openai_server, circuit_breaker_failures=3, circuit_breaker_reset_seconds=60)
     state = backend.start(spec())
     openai_server.set_faults(1.0, kinds=("503",))
-    for _ in range(3):  # a transient error while polling keeps the last known state
+    for _ in range(2):  # a transient error while polling keeps the last known state
         assert backend.poll(state.job_id).status == "queued"
+    with pytest.raises(CircuitOpenError, match=r"circuit breaker open since .* after 3 consecutive failures"):
+        backend.poll(state.job_id)  # the third failure opens the breaker, and the error says so
     seen = len(openai_server.requests)
     with pytest.raises(
         CircuitOpenError, match=r"3 consecutive failures \(last: InternalServerError HTTP 503"

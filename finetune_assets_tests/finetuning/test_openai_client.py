@@ -1,5 +1,7 @@
 """The client built from settings (OpenAI and Azure OpenAI), the circuit breaker and redaction."""
 
+from datetime import UTC, datetime
+
 import httpx2
 import openai
 import pytest
@@ -35,26 +37,35 @@ class Clock:
 
 def test_breaker_opens_after_n_consecutive_transient_failures_and_fails_fast() -> None:
     clock = Clock()
-    breaker = CircuitBreaker(threshold=3, reset_after_s=60, clock=clock)
+    epoch = datetime(2026, 12, 8, 9, 0, tzinfo=UTC).timestamp()
+    breaker = CircuitBreaker(threshold=3, reset_after_s=60, clock=clock, wall_clock=lambda: epoch + clock.now)
     calls = []
 
     def failing() -> None:
         calls.append(1)
         raise status_error(500)
 
-    for _ in range(3):
+    for _ in range(2):
         with pytest.raises(openai.InternalServerError):
             breaker.call(failing)
+    clock.now = 5
+    with pytest.raises(CircuitOpenError, match="circuit breaker open since 2026-12-08 09:00:05 UTC") as opened:
+        breaker.call(failing)  # the failure that opens it says so, not just one more HTTP 500
+    assert isinstance(opened.value.__cause__, openai.InternalServerError)
     assert breaker.is_open
-    with pytest.raises(CircuitOpenError, match=r"3 consecutive failures .*failing fast for another 60 s"):
+    clock.now = 20
+    with pytest.raises(CircuitOpenError) as refused:
         breaker.call(failing)
+    assert "after 3 consecutive failures (last: " in str(refused.value)
+    assert "failing fast for another 45 s, next try at 2026-12-08 09:01:05 UTC" in str(refused.value)
+    assert "circuit_breaker_failures = 3, openai.circuit_breaker_reset_seconds = 60" in str(refused.value)
     assert len(calls) == 3, "an open breaker does not call"
 
-    clock.now = 61  # half-open: one try; its failure opens it again at once
-    with pytest.raises(openai.InternalServerError):
+    clock.now = 66  # half-open: one try; its failure opens it again at once
+    with pytest.raises(CircuitOpenError, match="open since 2026-12-08 09:01:06 UTC"):
         breaker.call(failing)
     assert breaker.is_open and len(calls) == 4
-    clock.now = 122
+    clock.now = 127
     assert breaker.call(lambda: "ok") == "ok"
     assert not breaker.is_open and breaker.consecutive_failures == 0
 
