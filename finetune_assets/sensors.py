@@ -5,6 +5,7 @@ aggregates (the monitor's per-user sums are one GROUP BY); the work happens in t
 import json
 import os
 import urllib.request
+from dataclasses import dataclass
 
 import dagster as dg
 
@@ -17,6 +18,11 @@ from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.store import StoreResource
 
 ALERT_WEBHOOK_ENV = "FINETUNE_ALERT_WEBHOOK_URL"
+EXPERIMENT_TAG = "finetune_assets/experiment_id"
+STEP_TAG = "finetune_assets/decision_step"
+"""`decide` (ab_test_outcome, then production_model) or `promote` (production_model alone, to finish a promotion)."""
+MAX_DECISION_ATTEMPTS = 5
+"""Decision runs per experiment before the sensor stops retrying and asks for a person."""
 
 
 @dg.sensor(job=finetune_cycle_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
@@ -66,6 +72,67 @@ def training_data_sensor(
     )
 
 
+@dataclass(frozen=True)
+class DecisionRuns:
+    """The decision runs launched for one experiment so far (newest first), read from the Dagster instance."""
+
+    runs: list[dg.DagsterRun]
+
+    @classmethod
+    def of(cls, instance: dg.DagsterInstance, experiment_id: str) -> "DecisionRuns":
+        filters = dg.RunsFilter(job_name=ab_test_decision_job.name, tags={EXPERIMENT_TAG: experiment_id})
+        return cls(list(instance.get_runs(filters=filters)))
+
+    @property
+    def in_flight(self) -> dg.DagsterRun | None:
+        return next((run for run in self.runs if not run.is_finished), None)
+
+    @property
+    def last_failed(self) -> dg.DagsterRun | None:
+        return self.runs[0] if self.runs and self.runs[0].status == dg.DagsterRunStatus.FAILURE else None
+
+    @property
+    def next_attempt(self) -> int:
+        return len(self.runs) + 1
+
+
+def decision_run(
+    context: dg.SensorEvaluationContext, experiment_id: str, partition_key: str, *, step: str, tags: dict[str, str]
+) -> dg.RunRequest | dg.SkipReason:
+    """The decision run for an experiment, exactly once at a time: none while one is in flight; after a failed
+    one, a new attempt under a new run key (the daemon never launches a run key twice), since every effect of the
+    decision and the promotion is idempotent; after `MAX_DECISION_ATTEMPTS`, a person is asked to look."""
+    runs = DecisionRuns.of(context.instance, experiment_id)
+    if runs.in_flight is not None:
+        return dg.SkipReason(
+            f"decision run {runs.in_flight.run_id} of experiment {experiment_id} is "
+            f"{runs.in_flight.status.value.lower()}; waiting for it"
+        )
+    failed = runs.last_failed
+    attempt = runs.next_attempt
+    if failed is not None and attempt > MAX_DECISION_ATTEMPTS:
+        message = (
+            f"the decision of experiment {experiment_id} failed {len(runs.runs)} times (last: run {failed.run_id}); "
+            f"ab_test_sensor stops retrying: read that run's error, fix its cause, then launch "
+            f"{ab_test_decision_job.name} for partition {partition_key}"
+        )
+        context.log.error(message)
+        return dg.SkipReason(message)
+    if failed is not None:
+        context.log.warning(
+            f"decision run {failed.run_id} of experiment {experiment_id} failed; retrying it as attempt {attempt} "
+            f"of {MAX_DECISION_ATTEMPTS} (every step of the decision and the promotion is idempotent)"
+        )
+    report_run_request("ab_test_sensor", warn=context.log.warning)
+    return dg.RunRequest(
+        run_key=experiment_id if attempt == 1 else f"{experiment_id}:attempt-{attempt}",
+        job_name=ab_test_decision_job.name,
+        partition_key=partition_key,
+        asset_selection=[dg.AssetKey("production_model")] if step == "promote" else None,
+        tags={EXPERIMENT_TAG: experiment_id, STEP_TAG: step, **tags},
+    )
+
+
 @dg.sensor(
     jobs=[ab_test_decision_job, finetune_cycle_job],
     minimum_interval_seconds=300,
@@ -75,13 +142,26 @@ def ab_test_sensor(
     context: dg.SensorEvaluationContext, pipeline: PipelineConfigResource, store: StoreResource, clock: ClockResource
 ) -> dg.RunRequest | dg.SkipReason:
     """Watch the running experiment: the harm/SRM monitor every `monitor_interval_minutes`, and the decision
-    run — exactly once per experiment (its id is the run key) — when the window closes or the monitor stops it.
+    run when the window closes or the monitor stops it — one at a time, retried under a new run key when it
+    failed (`decision_run`).
 
-    With no experiment running, a candidate that passed evaluation while another experiment ran (its
-    `ab_test` step failed and said it waits) gets its experiment started, once per evaluation.
+    First, a decided experiment whose promotion was never recorded (its run stopped between the decision and
+    the routing write) gets `production_model` run again, so MLflow and the routing end up agreeing. With no
+    experiment running, a candidate that passed evaluation while another experiment ran (its `ab_test` step
+    failed and said it waits) gets its experiment started, once per evaluation.
     """
     settings = pipeline.get()
     db = store.get()
+    unfinished = db.decided_without_promotion()
+    if unfinished:
+        half_done = unfinished[-1]
+        context.log.warning(
+            f"experiment {half_done.experiment_id} was decided ({half_done.decision}) but its promotion was never "
+            "recorded: running production_model again to finish it"
+        )
+        request = decision_run(context, half_done.experiment_id, half_done.partition_key, step="promote", tags={})
+        if isinstance(request, dg.RunRequest) or db.running_experiment() is None:
+            return request
     experiment = db.running_experiment()
     if experiment is None:
         waiting = db.waiting_candidate()
@@ -100,18 +180,12 @@ def ab_test_sensor(
         report_monitor(watch.look.action, warn=context.log.warning)
     if not watch.decide:
         return dg.SkipReason(watch.reason)
-    report_run_request("ab_test_sensor", warn=context.log.warning)
-    tags = {"finetune_assets/experiment_id": experiment.experiment_id}
+    tags: dict[str, str] = {}
     stop = early_stop(db.get_experiment(experiment.experiment_id) or experiment)
     if stop is not None:
         context.log.warning(watch.reason)
         tags["finetune_assets/early_stop"] = stop.action
-    return dg.RunRequest(
-        run_key=experiment.experiment_id,
-        job_name=ab_test_decision_job.name,
-        partition_key=experiment.partition_key,
-        tags=tags,
-    )
+    return decision_run(context, experiment.experiment_id, experiment.partition_key, step="decide", tags=tags)
 
 
 def post_alert(url: str, payload: dict[str, str]) -> None:

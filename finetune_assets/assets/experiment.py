@@ -10,6 +10,7 @@ from datetime import datetime
 
 import dagster as dg
 
+from finetune_assets.assets.database import lost_connection_is_retried
 from finetune_assets.checks import AB_TEST_OUTCOME_CHECKS, enough_data, no_sample_ratio_mismatch
 from finetune_assets.deployment.k8s import k8s_resources
 from finetune_assets.experiments.policy.decision import FinalDecision
@@ -137,13 +138,14 @@ def ab_test_outcome(
         raise dg.Failure(f"cycle {context.partition_key} has no experiment; materialize ab_test first")
     now = clock.now()
     stop = early_stop(experiment)
-    if now < experiment.ends_at and stop is None:
+    if experiment.status == "running" and now < experiment.ends_at and stop is None:
         left = (experiment.ends_at - now).total_seconds() / 3600
         raise dg.Failure(
             f"experiment {experiment.experiment_id} runs {left:.1f} more hours (until "
             f"{experiment.ends_at:%Y-%m-%d %H:%M} UTC); ab_test_sensor launches the outcome when it ends"
         )
-    outcome = conclude_experiment(db, experiment, settings, now)
+    with lost_connection_is_retried(f"deciding experiment {experiment.experiment_id}"):
+        outcome = conclude_experiment(db, experiment, settings, now)
     decision, control, treatment = outcome.decision, outcome.control, outcome.treatment
     users = {"control": control.n, "treatment": treatment.n}
     checks = [

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from finetune_assets.assets.database import lost_connection_is_retried
 from finetune_assets.deployment.k8s import k8s_resources
 from finetune_assets.experiments.runtime.lifecycle import publish_routing
 from finetune_assets.partitions import cycle_asset
@@ -29,7 +30,12 @@ def production_model(
     redis: RedisResource,
 ) -> dg.MaterializeResult:
     """Register the candidate with its lineage tags; on a win, move `champion` to it (previous one recorded)
-    and tell the content app's routers."""
+    and tell the content app's routers.
+
+    Every step is idempotent, in an order a crash can resume: the registry version (found again by its
+    `model_id` tag), the alias, then the routing row the app reads (one per experiment), then Redis. A run
+    that stops after the alias and before the routing row leaves a decided experiment without a promotion:
+    `ab_test_sensor` notices it on its next tick and runs this step again."""
     settings = pipeline.get()
     db = store.get()
     experiment = db.latest_experiment(context.partition_key)
@@ -41,7 +47,9 @@ def production_model(
     dataset = db.get_dataset(model.dataset_id) if model else None
     if model is None or evaluation is None or dataset is None or model.model_id != candidate:
         raise dg.Failure(f"cycle {context.partition_key}: candidate {candidate} has no model record to register")
-    previous_id = db.production_model(default=settings.base_model)
+    # A retried promotion (this experiment's row already written) keeps the model it replaced the first time.
+    recorded = db.promotion_of(experiment.experiment_id)
+    previous_id = recorded.previous_model_id if recorded else db.production_model(default=settings.base_model)
     promote = experiment.decision == "promote"
     result = experiment.details.decision
     scores = evaluation.scores
@@ -60,18 +68,19 @@ def production_model(
         "eval_candidate_predicted_engagement": f"{scores.candidate.predicted_engagement:.6f}",
         "eval_champion_predicted_engagement": f"{scores.champion.predicted_engagement:.6f}",
     }
-    source = model.details.artifact_uri or model.model_id
-    previous = tracking.champion()
-    version = tracking.register(model_id=candidate, source=source, run_id=model.details.mlflow_run_id, tags=tags)
-    if promote:
-        tracking.promote(version, previous, previous_id)
-    db.record_promotion(
-        experiment_id=experiment.experiment_id,
-        model_id=candidate if promote else previous_id,
-        previous_model_id=previous_id,
-        registry_version=version.version,
-        promoted=promote,
-    )
+    with lost_connection_is_retried(f"promoting the outcome of experiment {experiment.experiment_id}"):
+        source = model.details.artifact_uri or model.model_id
+        previous = tracking.champion()
+        version = tracking.register(model_id=candidate, source=source, run_id=model.details.mlflow_run_id, tags=tags)
+        if promote:
+            tracking.promote(version, previous, previous_id)
+        db.record_promotion(
+            experiment_id=experiment.experiment_id,
+            model_id=candidate if promote else previous_id,
+            previous_model_id=previous_id,
+            registry_version=version.version,
+            promoted=promote,
+        )
     in_production = db.production_model(default=settings.base_model)
     publish_routing(redis, db, settings.base_model, context.log.warning)
     context.log.info(

@@ -251,12 +251,16 @@ class TrackingResource(dg.ConfigurableResource):
         return RegisteredVersion(name, str(version.version), model_id, merged)
 
     def promote(self, version: RegisteredVersion, previous: RegisteredVersion | None, previous_id: str) -> None:
-        """Move the `champion` alias; the version remembers what it replaced, for rollback."""
+        """Move the `champion` alias; the version remembers what it replaced, for rollback.
+
+        Idempotent: a retried promotion whose alias already moved (`previous` is this version) leaves the
+        rollback tags the first attempt wrote."""
         client = _client(self.uri())
         with _reaching(self.uri(), f"moving {CHAMPION_ALIAS!r} to {version.name} v{version.version}"):
-            client.set_model_version_tag(version.name, version.version, "previous_champion", previous_id)
-            if previous is not None:
-                client.set_model_version_tag(
-                    version.name, version.version, "previous_champion_version", previous.version
-                )
+            if previous is None or previous.version != version.version:
+                client.set_model_version_tag(version.name, version.version, "previous_champion", previous_id)
+                if previous is not None:
+                    client.set_model_version_tag(
+                        version.name, version.version, "previous_champion_version", previous.version
+                    )
             client.set_registered_model_alias(version.name, CHAMPION_ALIAS, version.version)

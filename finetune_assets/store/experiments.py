@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from finetune_assets.errors import FinetuneAssetsError
 from finetune_assets.store.base import Queries, first_row
 from finetune_assets.store.records import ExperimentRecord, as_utc, utcnow
-from finetune_assets.store.schema import experiments
+from finetune_assets.store.schema import experiments, promotions
 
 
 class ExperimentAlreadyRunning(FinetuneAssetsError, RuntimeError):
@@ -100,11 +100,13 @@ class ExperimentQueries(Queries):
 
     def decide_experiment(
         self, experiment_id: str, *, status: str, decision: str, reason: str, details: Mapping[str, Any]
-    ) -> None:
+    ) -> bool:
+        """Record the decision once: only a running experiment is decided. False when it already was (a retried
+        decision run), so the first decision stands and what was promoted on it stays true."""
         with self.engine.begin() as conn:
-            conn.execute(
+            decided = conn.execute(
                 experiments.update()
-                .where(experiments.c.experiment_id == experiment_id)
+                .where(experiments.c.experiment_id == experiment_id, experiments.c.status == "running")
                 .values(
                     status=status,
                     decision=decision,
@@ -112,7 +114,23 @@ class ExperimentQueries(Queries):
                     decided_at=utcnow(),
                     details={**_details(conn, experiment_id), **json.loads(json.dumps(details))},
                 )
+            ).rowcount
+        return bool(decided)
+
+    def decided_without_promotion(self) -> list[ExperimentRecord]:
+        """Experiments decided `decided` (valid) whose promotion was never recorded, oldest first: a decision run
+        that stopped between the decision and the routing write. `invalid` ones promote nothing, and one that a
+        later promotion overtook is history: finishing it now would roll production back."""
+        query = (
+            sa.select(experiments)
+            .where(
+                experiments.c.status == "decided",
+                ~sa.exists().where(promotions.c.experiment_id == experiments.c.experiment_id),
+                ~sa.exists().where(promotions.c.created_at >= experiments.c.decided_at),
             )
+            .order_by(experiments.c.decided_at)
+        )
+        return self._all(query, ExperimentRecord.from_row)
 
     def set_coverage(self, experiment_id: str, coverage: float) -> None:
         """Ramp a running experiment's coverage (validated by the caller: only up, within a phase)."""

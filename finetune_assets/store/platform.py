@@ -281,10 +281,13 @@ class PlatformStore:
 
     def decide_experiment(
         self, experiment_id: str, *, status: str, decision: str, reason: str, details: Mapping[str, Any]
-    ) -> None:
-        self._experiments.decide_experiment(
+    ) -> bool:
+        return self._experiments.decide_experiment(
             experiment_id, status=status, decision=decision, reason=reason, details=details
         )
+
+    def decided_without_promotion(self) -> list[ExperimentRecord]:
+        return self._experiments.decided_without_promotion()
 
     def set_coverage(self, experiment_id: str, coverage: float) -> None:
         self._experiments.set_coverage(experiment_id, coverage)

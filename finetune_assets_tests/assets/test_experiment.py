@@ -47,6 +47,15 @@ def test_a_candidate_waits_for_the_running_experiment_then_starts(
     assert "only one experiment runs at a time, so this candidate waits" in str(failure.event_specific_data.error)
 
     store.decide_experiment(running.experiment_id, status="decided", decision="keep", reason="r", details={})
+    half_done = ab_test_sensor(dg.build_sensor_context(instance=instance, resources=resources_for(config, state_dir)))
+    assert isinstance(half_done, dg.RunRequest) and half_done.asset_selection == [dg.AssetKey("production_model")]
+    store.record_promotion(  # what that production_model run records: the decision is now complete
+        experiment_id=running.experiment_id,
+        model_id="base",
+        previous_model_id="base",
+        registry_version="1",
+        promoted=False,
+    )
     request = ab_test_sensor(dg.build_sensor_context(instance=instance, resources=resources_for(config, state_dir)))
     assert isinstance(request, dg.RunRequest)
     assert request.run_key == f"start-{evaluation_id}"

@@ -271,17 +271,38 @@ def decide_experiment(db: PlatformStore, experiment: ExperimentRecord, settings:
 
 
 def conclude_experiment(db: PlatformStore, experiment: ExperimentRecord, settings: Settings, now: datetime) -> Outcome:
-    """Decide and record the decision (status decided/invalid, promote/keep, the reason and every number)."""
+    """Decide and record the decision (status decided/invalid, promote/keep, the reason and every number), once.
+
+    A retried decision run finds the experiment already decided: it reads the same window again, up to the
+    recorded `decided_until`, and records nothing, so the first decision stands and what was promoted on it
+    stays true. The same holds when two runs race: the store records only the first.
+    """
+    already = _recorded_until(experiment)
+    if already is not None:
+        return decide_experiment(db, experiment, settings, already)
     outcome = decide_experiment(db, experiment, settings, now)
     decision = outcome.decision
-    db.decide_experiment(
+    recorded = db.decide_experiment(
         experiment.experiment_id,
         status=decision.status,
         decision=decision.store_decision,
         reason=decision.reason,
         details={**_json_safe(decision.to_details()), "decided_until": outcome.until.isoformat()},
     )
+    if not recorded:  # another run decided it between our read and our write
+        current = db.get_experiment(experiment.experiment_id)
+        until = _recorded_until(current) if current is not None else None
+        if current is not None and until is not None:
+            return decide_experiment(db, current, settings, until)
     return outcome
+
+
+def _recorded_until(experiment: ExperimentRecord) -> datetime | None:
+    """Where a decided experiment's recorded decision read up to; None while it runs."""
+    decision = experiment.details.decision
+    if experiment.status == "running" or decision is None:
+        return None
+    return decision.decided_until
 
 
 # --- routing ---------------------------------------------------------------------------------------------
