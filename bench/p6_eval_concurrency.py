@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the test serv
 
 from timing import Report, write_section  # bench/timing.py
 
-from finetune_assets.finetuning.openai_backend import OpenAITextModel
 from finetune_assets.finetuning.openai_client import OpenAIClient
+from finetune_assets.finetuning.openai_model import OpenAITextModel
 from finetune_assets.settings import OpenAISettings
 from finetune_assets_tests.fake_openai import running_fake_openai
 

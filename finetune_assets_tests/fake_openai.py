@@ -4,8 +4,9 @@ The real ``openai`` SDK talks to it over real HTTP (SDK v3 uses httpx2, which ``
 SDK's own request building, response parsing, pagination and retry logic all run for real. The server
 reproduces the public fine-tuning API (https://platform.openai.com/docs/api-reference/fine-tuning):
 files, the job state machine advanced per retrieve, events, checkpoints, a base64-encoded results CSV, cursor
-list envelopes, the error envelope with ``x-request-id``, injectable 429/5xx faults and chat completions for base and
-``ft:`` models. Standard library only; state lives in one object guarded by one lock.
+list envelopes, the error envelope with ``x-request-id``, injectable 429/5xx faults, creates whose answer is lost
+after the server acted (``lose_after_success``), listings that lag behind (``hide_from_lists``) and chat
+completions for base and ``ft:`` models. Standard library only; state lives in one object guarded by one lock.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "eva
 RESULTS_CSV_HEADER = "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
 MIN_TRAINING_EXAMPLES = 10
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+CREATE_ENDPOINTS = ("POST /files", "POST /fine_tuning/jobs")
+LOST_KINDS = ("500", "drop")
 
 # Models accepted by POST /fine_tuning/jobs (plus any `ft:` model this server created).
 FINE_TUNABLE_MODELS = frozenset(
@@ -98,6 +101,7 @@ CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "fun
 MESSAGE_KEYS = frozenset({"role", "content", "name", "function_call", "tool_calls", "tool_call_id", "weight"})
 
 _WORD = re.compile(r"\w+|[^\w\s]")
+_SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
 _ALNUM = string.ascii_letters + string.digits
 
 
@@ -150,6 +154,7 @@ class _Response:
     body: bytes
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False  # close the connection without writing a response
 
 
 def _json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> _Response:
@@ -212,6 +217,10 @@ class FakeOpenAI:
         self._fault_kinds: tuple[str, ...] = ("429", "500", "503")
         self._fault_rng = random.Random(0)
         self._fail_next: dict[str, Any] | None = None
+        self._lose: dict[str, list[str]] = {}  # create endpoint -> kinds of the next lost answers, in order
+        self._refuse: dict[str, int] = {}  # create endpoint -> calls still answered 503 before acting
+        self._lost: list[dict[str, Any]] = []
+        self._hidden: dict[str, int] = {}  # object id -> list calls that still omit it
         self._chat_calls = 0
         self._chat_in_flight = 0
         self._max_concurrent_chat = 0
@@ -256,6 +265,37 @@ class FakeOpenAI:
             self._fault_kinds = tuple(kinds)
             self._fault_rng = random.Random(seed)
 
+    def lose_after_success(self, endpoint: str, *, kind: str = "500", times: int = 1) -> None:
+        """The next ``times`` successful calls of ``endpoint`` act (the file or job exists and is listed), then
+        lose the answer: a 500 envelope (``kind="500"``) or the connection closed without a response
+        (``kind="drop"``). Calls add up in order, so a 500 then a drop is two calls."""
+        if endpoint not in CREATE_ENDPOINTS:
+            raise ValueError(f"lost answers are for the create endpoints {CREATE_ENDPOINTS}; got {endpoint!r}")
+        if kind not in LOST_KINDS:
+            raise ValueError(f"lost-answer kind must be one of {LOST_KINDS}; got {kind!r}")
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise ValueError(f"times must be a positive integer; got {times!r}")
+        with self._lock:
+            self._lose.setdefault(endpoint, []).extend([kind] * times)
+
+    def fail_before_acting(self, endpoint: str, *, times: int = 1) -> None:
+        """The next ``times`` calls of a create endpoint answer 503 without acting (nothing is created)."""
+        if endpoint not in CREATE_ENDPOINTS:
+            raise ValueError(f"fail_before_acting is for the create endpoints {CREATE_ENDPOINTS}; got {endpoint!r}")
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise ValueError(f"times must be a positive integer; got {times!r}")
+        with self._lock:
+            self._refuse[endpoint] = self._refuse.get(endpoint, 0) + times
+
+    def hide_from_lists(self, object_id: str, *, times: int = 1) -> None:
+        """The next ``times`` list calls that would show this file or job omit it: a listing that lags behind."""
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise ValueError(f"times must be a positive integer; got {times!r}")
+        with self._lock:
+            if object_id not in self._files and object_id not in self._jobs:
+                raise ValueError(f"no file or job {object_id!r} on this server")
+            self._hidden[object_id] = times
+
     def fail_next_job(self, code: str, message: str, param: str | None = None) -> None:
         """The next created job ends ``failed`` with this error instead of succeeding."""
         with self._lock:
@@ -271,6 +311,12 @@ class FakeOpenAI:
     def jobs(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {job_id: json.loads(json.dumps(state.obj)) for job_id, state in self._jobs.items()}
+
+    @property
+    def lost_responses(self) -> list[dict[str, Any]]:
+        """Each create whose answer was lost: endpoint, kind (``500`` or ``drop``) and the id it created."""
+        with self._lock:
+            return [dict(item) for item in self._lost]
 
     @property
     def requests(self) -> list[tuple[str, str, int]]:
@@ -300,9 +346,18 @@ class FakeOpenAI:
         parts = urlsplit(raw_path)
         path = parts.path.rstrip("/") or "/"
         query = parse_qsl(parts.query, keep_blank_values=True)
+        lost: str | None = None
         try:
             self._fault()
+            self._refuse_create(method, path)
             response = self._route(method, path, query, headers, body)
+            lost = self._lose_answer(method, path, response)
+            if lost == "500":
+                response = _json_response(
+                    {"error": {"message": _SERVER_ERROR, "type": "server_error", "param": None, "code": None}}, 500
+                )
+            elif lost == "drop":
+                response = _Response(0, b"", drop=True)
         except ApiError as err:
             response = _json_response(err.body, err.status, err.headers)
         except Exception as err:  # a bug in the fake must surface as a 500, not hang the client
@@ -332,9 +387,42 @@ class FakeOpenAI:
                     "status": response.status,
                     "request_id": response.headers["x-request-id"],
                     "retry_count": headers.get("x-stainless-retry-count"),
+                    "lost": lost,
                 }
             )
         return response
+
+    def _refuse_create(self, method: str, path: str) -> None:
+        endpoint = f"{method} {path.removeprefix('/v1')}"
+        with self._lock:
+            if self._refuse.get(endpoint, 0) <= 0:
+                return
+            self._refuse[endpoint] -= 1
+        raise ApiError(503, "The server is overloaded or not ready yet.", type="server_error")
+
+    def _lose_answer(self, method: str, path: str, response: _Response) -> str | None:
+        """Consume one pending lost answer for this create endpoint, if the create succeeded."""
+        endpoint = f"{method} {path.removeprefix('/v1')}"
+        if not 200 <= response.status < 300:
+            return None
+        with self._lock:
+            pending = self._lose.get(endpoint)
+            if not pending:
+                return None
+            kind = pending.pop(0)
+            self._lost.append({"endpoint": endpoint, "kind": kind, "id": json.loads(response.body).get("id")})
+        return kind
+
+    def _listed(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Items minus those ``hide_from_lists`` still hides; each list call that would show one counts it down."""
+        with self._lock:
+            shown = []
+            for item in items:
+                if self._hidden.get(item["id"], 0) > 0:
+                    self._hidden[item["id"]] -= 1
+                else:
+                    shown.append(item)
+        return shown
 
     def _fault(self) -> None:
         """Raise the injected 429/5xx for this request, if the seeded draw says so."""
@@ -364,7 +452,7 @@ class FakeOpenAI:
                 },
             )
         messages = {
-            "500": "The server had an error while processing your request. Sorry about that!",
+            "500": _SERVER_ERROR,
             "502": "Bad gateway.",
             "503": "The server is overloaded or not ready yet.",
         }
@@ -527,7 +615,7 @@ class FakeOpenAI:
             files = [obj for obj in files if obj["purpose"] == purpose]
         if order == "desc":
             files.reverse()
-        return self._page(files, params, default_limit=10000, max_limit=10000)
+        return self._page(self._listed(files), params, default_limit=10000, max_limit=10000)
 
     def _delete_file(self, file_id: str) -> _Response:
         self._get_file(file_id)
@@ -730,7 +818,7 @@ class FakeOpenAI:
             jobs = [json.loads(json.dumps(s.obj)) for s in reversed(list(self._jobs.values()))]
         if wanted:
             jobs = [job for job in jobs if all((job["metadata"] or {}).get(k) == v for k, v in wanted.items())]
-        return self._page(jobs, params, default_limit=20, max_limit=100)
+        return self._page(self._listed(jobs), params, default_limit=20, max_limit=100)
 
     def _cancel_job(self, job_id: str) -> _Response:
         with self._lock:
@@ -1277,6 +1365,9 @@ def _make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             body = self._read_body()
             headers = {key.lower(): value for key, value in self.headers.items()}
             response = fake.handle(self.command, self.path, headers, body)
+            if response.drop:  # the server acted, then the connection went: no status line, no body
+                self.close_connection = True
+                return
             self.send_response(response.status)
             self.send_header("Content-Type", response.content_type)
             self.send_header("Content-Length", str(len(response.body)))

@@ -1,13 +1,15 @@
-"""The OpenAI fine-tuning backend (also Azure OpenAI) and chat models served by the API.
+"""The OpenAI fine-tuning backend (also Azure OpenAI); the models it serves are `openai_model.OpenAITextModel`.
 
 `start` never pays twice: it first looks for a job carrying the spec's `job_key` in its metadata
 (paginated `jobs.list`) and re-attaches to it; otherwise it checks the training file (cookbook format checks
 and the cost gate, before any upload), uploads each file once per content hash (hash -> file id kept in
 the platform store, so a rerun reuses it) and creates the job with `method.supervised.hyperparameters`,
-`suffix`, `seed` and metadata (job key, training file hash, partition, config hash). `poll` streams the
-job's events into the progress callback and tolerates transient errors and unknown statuses; `result`
-reads the results CSV (raw or base64, parsed in `openai_files`) and, optionally, picks the checkpoint
-with the lowest `full_valid_loss`. The API it follows: https://platform.openai.com/docs/api-reference/fine-tuning
+`suffix`, `seed` and metadata (job key, training file hash, partition, config hash). Creates are retried by
+`openai_creates.create_once`, which looks for what a lost answer left behind before every retry; a duplicate
+that slipped through anyway is cancelled (job) or deleted (file) and reported. `poll` streams the job's events
+into the progress callback and tolerates transient errors and unknown statuses; `result` reads the results
+CSV (raw or base64, parsed in `openai_files`) and, optionally, picks the checkpoint with the lowest
+`full_valid_loss`. The API it follows: https://platform.openai.com/docs/api-reference/fine-tuning
 """
 
 from __future__ import annotations
@@ -15,21 +17,26 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Callable
 from typing import Any
 
 from finetune_assets.finetuning.base import (
-    ChatExample,
     JobState,
     JobStatus,
-    LossUnavailable,
-    Message,
     ProgressCallback,
     TrainingResult,
     TrainingSpec,
 )
 from finetune_assets.finetuning.openai_client import CircuitOpenError, OpenAIClient, api_failure_message, is_transient
+from finetune_assets.finetuning.openai_creates import (
+    create_through_breaker,
+    keeper_of,
+    oldest_file,
+    settle_files,
+    settle_jobs,
+    with_object,
+)
 from finetune_assets.finetuning.openai_files import (
     FileRegistry,
     OpenAIBackendError,
@@ -39,6 +46,7 @@ from finetune_assets.finetuning.openai_files import (
     jsonl_bytes,
     parse_results_csv,
 )
+from finetune_assets.finetuning.openai_model import OpenAITextModel
 from finetune_assets.finetuning.tokens import Preflight, preflight, price_per_million
 from finetune_assets.settings import OpenAISettings
 
@@ -90,6 +98,7 @@ class OpenAIBackend:
         *,
         max_tokens_per_example: int | None = None,
         seed: int = 0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.api = api
         self.settings: OpenAISettings = api.settings
@@ -101,6 +110,8 @@ class OpenAIBackend:
         self._last_state: dict[str, JobState] = {}
         self._unknown_reported: set[tuple[str, str]] = set()
         self.last_preflight: Preflight | None = None
+        self._sleep = sleep
+        self.duplicates_cancelled: dict[str, list[str]] = {}  # job key -> duplicate job ids this backend cancelled
 
     # -- preparing -------------------------------------------------------------------------------------------
 
@@ -146,6 +157,18 @@ class OpenAIBackend:
         if self._progress is not None:
             self._progress(self.api.redact(line))
 
+    def _create(self, what: str, create: Callable[[Any], Any], find: Callable[[], Any | None]) -> Any:
+        """`create(sdk)` with an SDK client that never retries: `create_once` retries, after a lookup."""
+        sdk, attempts = self.api.sdk.with_options(max_retries=0), self.settings.max_retries + 1
+        return create_through_breaker(
+            self.api, what, lambda: create(sdk), find, attempts, sleep=self._sleep, say=self._say
+        )
+
+    def _settle_jobs(self, job_key: str, alive: list[Any], keep: str | None = None) -> Any:
+        chosen, cancelled = settle_jobs(self.api, alive, say=self._say, keep=keep)
+        self.duplicates_cancelled.setdefault(job_key, []).extend(cancelled)
+        return chosen
+
     def _upload(self, data: bytes, role: str) -> str:
         """The file id for these bytes: remembered, found by name (a crash after uploading), or uploaded now."""
         import openai
@@ -160,40 +183,50 @@ class OpenAIBackend:
                 return known
             except openai.NotFoundError:
                 self._say(f"{role} file {sha[:12]}: {known} is gone at the provider; uploading again")
-        filename = f"finetune-assets-{sha}.jsonl"
-        found = self._find_file(filename)
-        if found is None:
-            uploaded = self.api.call(
-                self.api.sdk.files.create, file=(filename, data, "application/jsonl"), purpose="fine-tune"
-            )
-            found = uploaded.id
-            self._say(f"{role} file {sha[:12]}: uploaded {len(data):,} bytes as {found}")
+        filename, what = f"finetune-assets-{sha}.jsonl", f"{role} file {sha[:12]}"
+        named = self._files_named(filename)
+        if named:
+            self._say(f"{what}: found earlier upload {oldest_file(named).id}")
         else:
-            self._say(f"{role} file {sha[:12]}: found earlier upload {found}")
+            uploaded = self._create(
+                f"{what} upload",
+                lambda sdk: sdk.files.create(file=(filename, data, "application/jsonl"), purpose="fine-tune"),
+                lambda: self._find_file(filename),
+            )
+            self._say(f"{what}: uploaded {len(data):,} bytes as {uploaded.id}")
+            named = with_object(self._files_named(filename), uploaded)  # a duplicate may have slipped through
+        found = settle_files(self.api, what, say=self._say, named=named)
         self.files.remember_upload(
             endpoint=endpoint, sha256=sha, file_id=found, purpose="fine-tune", n_bytes=len(data), filename=filename
         )
         return found
 
-    def _find_file(self, filename: str) -> str | None:
-        """An earlier upload of the same content that was not recorded (the process died right after it)."""
+    def _files_named(self, filename: str) -> list[Any]:
+        """Uploads of the same content under our name (the name carries the hash), oldest first."""
         page = self.api.call(self.api.sdk.files.list, purpose="fine-tune", limit=100)
-        for item in page:
-            if item.filename == filename and getattr(item, "status", None) != "error":
-                return str(item.id)
-        return None
+        named = [item for item in page if item.filename == filename and getattr(item, "status", None) != "error"]
+        return sorted(named, key=lambda item: (item.created_at, item.id))
 
-    def find_job(self, job_key: str) -> Any | None:
-        """The newest job with this key that did not fail or get cancelled (paginated `jobs.list`)."""
+    def _find_file(self, filename: str) -> Any | None:
+        """An earlier upload of the same content that was not recorded (a crash or a lost answer after it)."""
+        return oldest_file(named) if (named := self._files_named(filename)) else None
+
+    def _jobs_for(self, job_key: str, *, quiet: bool = False) -> list[Any]:
+        """The live jobs (not failed or cancelled) carrying this key (paginated `jobs.list`)."""
         page = self.api.call(self.api.sdk.fine_tuning.jobs.list, metadata={JOB_KEY: job_key}, limit=100)
         matching = [job for job in page if (job.metadata or {}).get(JOB_KEY) == job_key]
         alive = [job for job in matching if job.status not in ("failed", "cancelled")]
-        if matching and not alive:
+        if matching and not alive and not quiet:
             self._say(
                 f"{len(matching)} earlier job(s) for this key ended {sorted({j.status for j in matching})}: "
                 "starting a new one"
             )
-        return max(alive, key=lambda job: job.created_at) if alive else None
+        return alive
+
+    def find_job(self, job_key: str) -> Any | None:
+        """The live job with this key to re-attach to (`keeper_of`: furthest along, then oldest), if any."""
+        alive = self._jobs_for(job_key, quiet=True)
+        return keeper_of(alive) if alive else None
 
     def _metadata(self, spec: TrainingSpec, training_sha: str) -> dict[str, str]:
         metadata = {JOB_KEY: spec.job_key, "training_file_sha256": training_sha}
@@ -206,8 +239,9 @@ class OpenAIBackend:
 
     def start(self, spec: TrainingSpec, progress: ProgressCallback | None = None) -> JobState:
         self._progress = progress
-        existing = self.find_job(spec.job_key)
-        if existing is not None:
+        alive = self._jobs_for(spec.job_key)
+        if alive:
+            existing = self._settle_jobs(spec.job_key, alive)
             self._say(f"re-attached to fine-tuning job {existing.id} ({existing.status}) for this dataset and config")
             return self._state_of(existing)
         report = self.preflight(spec)
@@ -225,18 +259,23 @@ class OpenAIBackend:
         training_file = self._upload(train_bytes, "training")
         validation_file = self._upload(jsonl_bytes(validation), "validation") if validation else None
         hyperparameters: dict[str, Any] = {**spec.hyperparameters, "n_epochs": report.n_epochs}
-        job = self.api.call(
-            self.api.sdk.fine_tuning.jobs.create,
-            model=spec.base_model,
-            training_file=training_file,
+        params: dict[str, Any] = {
+            "model": spec.base_model,
+            "training_file": training_file,
             **({"validation_file": validation_file} if validation_file else {}),
-            suffix=spec.suffix[:64],
-            seed=self.seed,
-            metadata=self._metadata(spec, hashlib.sha256(train_bytes).hexdigest()),
-            method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+            "suffix": spec.suffix[:64],
+            "seed": self.seed,
+            "metadata": self._metadata(spec, hashlib.sha256(train_bytes).hexdigest()),
+            "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        }
+        job = self._create(
+            "fine-tuning job create",
+            lambda sdk: sdk.fine_tuning.jobs.create(**params),
+            lambda: self.find_job(spec.job_key),
         )
         self._say(f"created fine-tuning job {job.id} ({job.status}) on {spec.base_model}")
-        return self._state_of(job)
+        alive = with_object(self._jobs_for(spec.job_key, quiet=True), job)  # a duplicate may have slipped through
+        return self._state_of(self._settle_jobs(spec.job_key, alive))
 
     def poll(self, job_id: str) -> JobState:
         """The job's state; a transient error (after the SDK's retries) keeps the last known state."""
@@ -299,6 +338,12 @@ class OpenAIBackend:
         epochs = getattr(getattr(job, "hyperparameters", None), "n_epochs", None)
         if isinstance(epochs, int):
             metrics["n_epochs"] = float(epochs)
+        job_key = (job.metadata or {}).get(JOB_KEY)
+        if job_key:  # a duplicate started while this one ran (another process): cancel it now, keep this one
+            alive = self._jobs_for(job_key, quiet=True)
+            if len(alive) > 1:
+                self._settle_jobs(job_key, alive, keep=job_id)
+            metrics["duplicate_jobs_cancelled"] = float(len(self.duplicates_cancelled.get(job_key, [])))
         if state.status != "succeeded":
             return TrainingResult(
                 job_id=job_id,
@@ -374,32 +419,3 @@ class OpenAIBackend:
 
     def load(self, model_id: str) -> OpenAITextModel:
         return OpenAITextModel(self.api, model_id)
-
-
-class OpenAITextModel:
-    """A base or `ft:` model behind chat completions: it writes posts but cannot score given text."""
-
-    def __init__(self, api: OpenAIClient, model_id: str) -> None:
-        self.api = api
-        self.model_id = model_id
-
-    def generate(self, prompts: Sequence[Sequence[Message]], *, max_new_tokens: int, seed: int) -> list[str]:
-        """One completion per prompt, `chat_concurrency` in flight at once, in prompt order."""
-        if not prompts:
-            return []
-        workers = min(len(prompts), self.api.settings.chat_concurrency)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-chat") as pool:
-            return list(
-                pool.map(
-                    lambda prompt: self.api.chat(
-                        self.model_id, [dict(m) for m in prompt], max_tokens=max_new_tokens, seed=seed
-                    ),
-                    prompts,
-                )
-            )
-
-    def completion_loss(self, examples: Sequence[ChatExample]) -> float:
-        raise LossUnavailable(
-            f"{self.model_id}: the OpenAI API does not score given text (no log-probabilities of a supplied "
-            "completion), so no held-out loss"
-        )
