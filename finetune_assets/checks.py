@@ -16,12 +16,8 @@ import dagster as dg
 
 from finetune_assets.experiments.stats.sequential import SEQUENTIAL_SRM_ALPHA
 from finetune_assets.finetuning.base import TrainingResult
-from finetune_assets.finetuning.dataset import (
-    ValidPost,
-    approx_token_count,
-    contains_pii,
-    cookbook_format_errors,
-)
+from finetune_assets.finetuning.dataset import ValidPost, approx_token_count, cookbook_format_errors
+from finetune_assets.finetuning.pii import contains_pii
 from finetune_assets.settings import Settings
 
 CHAT_FORMAT_RULES = "https://cookbook.openai.com/examples/chat_finetuning_data_prep"
@@ -38,7 +34,7 @@ TRAINING_DATA_CHECKS = [
     _spec("chat_format", "training_data", "OpenAI chat format (cookbook checks).", rules=CHAT_FORMAT_RULES),
     _spec("token_limit", "training_data", "No example exceeds `max_tokens_per_example`."),
     _spec("no_duplicates", "training_data", "No example repeats another, in this set or an earlier one."),
-    _spec("no_pii", "training_data", "No e-mail address, phone or card number in any example."),
+    _spec("no_pii", "training_data", "No e-mail address, phone, card or US social security number in any example."),
     _spec(
         "cost_within_budget",
         "training_data",
@@ -202,7 +198,7 @@ def no_pii(posts: Sequence[ValidPost]) -> dg.AssetCheckResult:
     return _result(
         "no_pii",
         not flagged,
-        f"{len(flagged)} examples contain an e-mail address, phone or card number"
+        f"{len(flagged)} examples contain an e-mail address, phone, card or social security number"
         + (f" (e.g. post {flagged[0]})" if flagged else ""),
         flagged=len(flagged),
     )

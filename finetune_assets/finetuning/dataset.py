@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from finetune_assets.finetuning.base import ChatExample, Message
+from finetune_assets.finetuning.pii import contains_pii
 
 PROMPT_ROLES = frozenset({"system", "user"})
 # The role and key sets of OpenAI's chat fine-tuning data-prep cookbook
@@ -34,13 +35,12 @@ FORMAT_COUNTERS = (
     "example_missing_assistant_message",
 )
 
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
-_PHONE = re.compile(r"(?<!\w)\+?\d[\d ().-]{8,}\d(?!\w)")
-_CARD = re.compile(r"(?<!\d)(?:\d[ -]?){13,16}(?!\d)")
-# Implied by every _PHONE and _CARD match; unlike them it starts with a plain \d, which the regex engine scans for
-# quickly (a leading lookbehind is tried at every position: 20-40x slower on ordinary text).
-_NUMBERISH = re.compile(r"\d[\d ().-]{8,}\d")
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+# A str holds a code point UTF-8 cannot encode only if it holds a surrogate (JSON lets "\ud800" through alone).
+_UNENCODABLE = re.compile("[\ud800-\udfff]")
+# C0 controls but tab, newline and carriage return, DEL and C1: NUL is refused by Postgres text, the rest are
+# invisible in a post and make an example nobody meant to train on. One scan for both on clean text.
+_BAD_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class RejectReason(StrEnum):
@@ -50,6 +50,8 @@ class RejectReason(StrEnum):
     ENGAGEMENTS_EXCEED_IMPRESSIONS = "engagements_exceed_impressions"
     INVALID_PROMPT_JSON = "invalid_prompt_json"
     INVALID_PROMPT_MESSAGES = "invalid_prompt_messages"
+    UNENCODABLE_TEXT = "unencodable_text"
+    CONTROL_CHARACTERS = "control_characters"
     OVERSIZED_TEXT = "oversized_text"
     TOO_MANY_TOKENS = "too_many_tokens"
     PII = "pii"
@@ -80,10 +82,12 @@ def approx_token_count(messages: Sequence[Message]) -> int:
     return 3 + sum(3 + len(_TOKEN.findall(m.get("content") or "")) for m in messages)
 
 
-def contains_pii(text: str) -> bool:
-    if "@" in text and _EMAIL.search(text):
-        return True
-    return bool(_NUMBERISH.search(text) and (_PHONE.search(text) or _CARD.search(text)))
+def text_defect(texts: Iterable[str]) -> RejectReason | None:
+    """Why these strings cannot go into a training file, a hash or a Postgres text column, if they cannot."""
+    for text in texts:
+        if _BAD_TEXT.search(text):
+            return RejectReason.UNENCODABLE_TEXT if _UNENCODABLE.search(text) else RejectReason.CONTROL_CHARACTERS
+    return None
 
 
 def content_hash(messages: Sequence[Message]) -> str:
@@ -95,7 +99,7 @@ def parse_prompt(raw: Any) -> list[Message] | RejectReason:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError, an integer over 4300 digits, deep nesting
             return RejectReason.INVALID_PROMPT_JSON
     if not isinstance(raw, list) or not raw:
         return RejectReason.INVALID_PROMPT_MESSAGES
@@ -103,7 +107,8 @@ def parse_prompt(raw: Any) -> list[Message] | RejectReason:
     for item in raw:
         if (
             not isinstance(item, dict)
-            or item.get("role") not in PROMPT_ROLES
+            or not isinstance(item.get("role"), str)  # an unhashable role would raise in the set lookup
+            or item["role"] not in PROMPT_ROLES
             or not isinstance(item.get("content"), str)
             or not item["content"].strip()
         ):
@@ -136,6 +141,10 @@ def validate_post(row: Mapping[str, Any], limits: Limits) -> ValidPost | RejectR
         return RejectReason.OVERSIZED_TEXT
     if sum(len(m["content"]) for m in prompt) > limits.max_prompt_chars:
         return RejectReason.OVERSIZED_TEXT
+    # Before anything encodes, hashes or tokenizes the text; roles are one of PROMPT_ROLES but checked all the same.
+    defect = text_defect(itertools.chain((completion,), *((m["role"], m["content"]) for m in prompt)))
+    if defect is not None:
+        return defect
     messages = (*prompt, {"role": "assistant", "content": completion.strip()})
     if approx_token_count(messages) > limits.max_tokens_per_example:
         return RejectReason.TOO_MANY_TOKENS
