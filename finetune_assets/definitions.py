@@ -1,9 +1,10 @@
 """The code location: one `Definitions` object, `defs`.
 
 Resources are chosen from the environment: `DATABASE_URL`, `MLFLOW_TRACKING_URI` and `REDIS_URL` (read at run
-time through `dg.EnvVar`, never copied into config) switch the embedded SQLite defaults to production services;
-`OPENAI_API_KEY` (also an `EnvVar`) is the openai backend's and the judge's key; and
-`FINETUNE_EXECUTOR=k8s` runs each step in its own Kubernetes Job (finetune_assets/k8s.py).
+time through `dg.EnvVar`, never copied into config; their values are checked at load, in one line each) switch
+the embedded SQLite defaults to production services; `OPENAI_API_KEY` (also an `EnvVar`) is the openai
+backend's and the judge's key; and `FINETUNE_EXECUTOR=k8s` runs each step in its own Kubernetes Job
+(finetune_assets/k8s.py).
 """
 
 from __future__ import annotations
@@ -23,11 +24,17 @@ from finetune_assets.resources.store import StoreResource
 from finetune_assets.resources.tracking import TrackingResource
 from finetune_assets.schedules import weekly_finetune_schedule
 from finetune_assets.sensors import ab_test_sensor, finetune_run_failure_sensor, training_data_sensor
+from finetune_assets.service_urls import check_service_url
 from finetune_assets.settings import Settings, get_settings
 
 
 def _from_env(name: str) -> dg.EnvVar | None:
-    return dg.EnvVar(name) if os.environ.get(name) else None
+    """An `EnvVar` when `name` is set, its value checked now: a bad service URL fails the load in one line."""
+    value = os.environ.get(name)
+    if not value:
+        return None
+    check_service_url(name, value)
+    return dg.EnvVar(name)
 
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:

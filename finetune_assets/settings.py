@@ -11,11 +11,19 @@ import os
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from finetune_assets.errors import FinetuneAssetsError
 
@@ -29,8 +37,44 @@ class ConfigError(FinetuneAssetsError, ValueError):
     """A user's configuration mistake: the message is meant to be shown as is, without a traceback."""
 
 
+def _number_kinds(annotation: Any) -> set[type]:
+    """The scalar types among int, float and bool that `annotation` accepts (through unions and Optional)."""
+    if annotation in (int, float, bool):
+        return {annotation}
+    if get_origin(annotation) in (dict, Literal):
+        return set()
+    return set().union(*(_number_kinds(arg) for arg in get_args(annotation)))
+
+
+def _bool_problem(annotation: Any, value: Any) -> str | None:
+    """Why `value` is refused, when it is a boolean where `annotation` wants a number; None otherwise.
+
+    Pydantic's lax mode reads True as 1 (bool is an int subclass), and YAML reads yes/no/on/off as booleans:
+    without this, `max_examples_per_cycle: yes` would quietly mean 1."""
+    kinds = _number_kinds(annotation)
+    wanted = "an integer" if int in kinds else "a number"
+    hint = "YAML reads yes/no, on/off and true/false as booleans"
+    if isinstance(value, bool) and kinds & {int, float} and bool not in kinds:
+        return f"expected {wanted}, not a boolean ({hint})"
+    if get_origin(annotation) is dict and isinstance(value, dict):
+        args = get_args(annotation)
+        bad = {key: item for key, item in value.items() if len(args) == 2 and _bool_problem(args[1], item)}
+        if bad:
+            return f"expected a number for each entry, not a boolean: {bad} ({hint})"
+    return None
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        problem = _bool_problem(field.annotation, value) if field is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class TrainingSettings(_Section):

@@ -82,3 +82,50 @@ def test_missing_and_unparsable_files(tmp_path: Path) -> None:
     listed.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_settings(listed, environ={})
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "expected"),
+    [
+        ({"max_examples_per_cycle": True}, "max_examples_per_cycle = True", "expected an integer, not a boolean"),
+        ({"engagement_threshold": False}, "engagement_threshold = False", "expected a number, not a boolean"),
+        ({"training": {"learning_rate": True}}, "training.learning_rate = True", "expected a number"),
+        ({"experiment": {"min_users_per_arm": True}}, "experiment.min_users_per_arm = True", "an integer"),
+        (
+            {"openai": {"hyperparameters": {"n_epochs": True}}},
+            "openai.hyperparameters.n_epochs = True",
+            "expected an integer, not a boolean",
+        ),
+        (
+            {"openai": {"training_price_per_million_tokens": {"gpt-4o-mini-2024-07-18": True}}},
+            "openai.training_price_per_million_tokens",
+            "not a boolean: {'gpt-4o-mini-2024-07-18': True}",
+        ),
+    ],
+)
+def test_a_boolean_is_never_a_number(raw: dict, key: str, expected: str) -> None:
+    """YAML reads `yes` as true and pydantic's lax mode would read true as 1: refused, naming the key."""
+    with pytest.raises(ConfigError) as info:
+        parse_settings(raw, source="x.yaml", environ={})
+    message = str(info.value)
+    assert message.startswith(f"x.yaml: {key}"), message
+    assert expected in message and "YAML reads yes/no" in message and "\n" not in message
+
+
+def test_yaml_yes_in_a_file_and_in_an_override_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("max_examples_per_cycle: yes\n")
+    with pytest.raises(ConfigError, match=r"max_examples_per_cycle = True: expected an integer, not a boolean"):
+        load_settings(config, environ={})
+    with pytest.raises(ConfigError, match=r"training\.n_epochs = True: expected an integer"):
+        parse_settings({}, source="x.yaml", environ={"FINETUNE_TRAINING__N_EPOCHS": "on"})
+
+
+def test_numbers_written_as_text_still_parse() -> None:
+    settings = parse_settings(
+        {"max_examples_per_cycle": "5", "training": {"learning_rate": "0.01"}},
+        source="x.yaml",
+        environ={"FINETUNE_MIN_IMPRESSIONS": "7", "FINETUNE_OPENAI__HYPERPARAMETERS__N_EPOCHS": "auto"},
+    )
+    assert (settings.max_examples_per_cycle, settings.training.learning_rate, settings.min_impressions) == (5, 0.01, 7)
+    assert settings.openai.hyperparameters.n_epochs == "auto"

@@ -21,6 +21,7 @@ import numpy as np
 from finetune_assets.errors import FinetuneAssetsError
 from finetune_assets.experiments.runtime.assignment import assign_variant
 from finetune_assets.finetuning.base import FineTuningBackend
+from finetune_assets.finetuning.demo_base_model import DEMO_BASE_MODEL
 from finetune_assets.reporting.progress import Counter, to_terminal
 from finetune_assets.resources.store import StoreResource
 from finetune_assets.settings import Settings
@@ -221,6 +222,38 @@ def _failure_message(result: Any) -> str:
     return "the run failed"
 
 
+def demo_store(resource: StoreResource, progress: Progress) -> PlatformStore:
+    """The store the demo's runs use. The definitions' resource holds `DATABASE_URL` as an `EnvVar`, whose
+    value (not its name) `StoreResource.url` reads; unset, the state directory's SQLite file."""
+    from finetune_assets.service_urls import env_value, mask
+
+    store = resource.get()
+    if env_value(resource.database_url):
+        foreign = foreign_posts(store)
+        if foreign:
+            raise DemoError(
+                f"DATABASE_URL={mask(resource.url())}: its {store.posts.name} table holds {foreign} posts that are "
+                "not the demo's simulated world, and the demo replaces that table; point DATABASE_URL at a database "
+                "of its own (or unset it for the SQLite file under the state directory)"
+            )
+        progress(f"store: DATABASE_URL={mask(resource.url())} (its {store.posts.name} table gets the demo world)")
+    return store
+
+
+def foreign_posts(store: PlatformStore) -> int:
+    """Posts no demo wrote: the demo's rows all name its base model (`base:`, `ft:` or plain) in `model_id`."""
+    import sqlalchemy as sa
+
+    if not store.has_posts_table():
+        return 0
+    posts = store.posts
+    query = sa.select(sa.func.count()).where(
+        sa.or_(posts.c.model_id.is_(None), ~posts.c.model_id.contains(DEMO_BASE_MODEL))
+    )
+    with store.engine.connect() as conn:
+        return int(conn.execute(query).scalar() or 0)
+
+
 def run_demo(settings: Settings, *, progress: Progress) -> int:
     """Seed, train-to-experiment run, simulated window, sensor tick, decide-and-promote run, summary."""
     import logging
@@ -243,7 +276,7 @@ def run_demo(settings: Settings, *, progress: Progress) -> int:
     state_dir = settings.resolved_state_dir()
     state_dir.mkdir(parents=True, exist_ok=True)
     reset_state(state_dir)
-    store = cast(StoreResource, (defs.resources or {})["store"]).get()
+    store = demo_store(cast(StoreResource, (defs.resources or {})["store"]), progress)
     now = datetime.now(tz=None).astimezone()
     started = time.monotonic()
     written = seed_world(store, DEMO_WORLD, now, reset=True)

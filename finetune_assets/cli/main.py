@@ -45,9 +45,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _store(settings: Settings) -> PlatformStore:
+    """The configured store (it connects at once): a bad or unreachable `DATABASE_URL` is one line, exit 2 or 1."""
     from finetune_assets.resources.store import StoreResource
 
-    url = os.environ.get("DATABASE_URL")
+    url = os.environ.get("DATABASE_URL") or None
     return StoreResource(
         database_url=url, posts_table=settings.posts_table, state_dir=str(settings.resolved_state_dir())
     ).get()
@@ -360,17 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         code = int(args.func(args))
-    except ConfigError as exc:
+    except ConfigError as exc:  # a bad pipeline_config.yaml, override or service URL
         print(f"finetune-assets: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        from finetune_assets.cli.demo import DemoError
-        from finetune_assets.cli.lineage import LineageError
-
-        if isinstance(exc, DemoError | CliError | LineageError):
-            print(f"finetune-assets: {exc}", file=sys.stderr)
-            return 1
-        raise
+    except FinetuneAssetsError as exc:  # raised on purpose (unreachable database, refused action): one line
+        print(f"finetune-assets: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     if args.command == "demo":
         _echo(f"done in {time.monotonic() - started:.1f} s")
     return code

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from finetune_assets.service_urls import check_redis_url, env_value
+
 if TYPE_CHECKING:
     import redis
 
@@ -24,19 +26,25 @@ class RedisResource(dg.ConfigurableResource):
     key_prefix: str = "finetune-assets"
     timeout_seconds: float = 0.25
 
+    def resolved_url(self) -> str | None:
+        """`url`, checked: a malformed one is a configuration mistake (one `ServiceUrlError` line), not "down"."""
+        url = env_value(self.url)
+        return check_redis_url(url) if url else None
+
     def client(self, warn: Callable[[str], None] | None = None) -> redis.Redis | None:
         """A fail-fast client that answered PING, or None (with one warning) when Redis is unset or down."""
-        if not self.url:
+        url = self.resolved_url()
+        if not url:
             return None
         from finetune_assets.experiments.runtime.router import redis_client
         from finetune_assets.resources.tracking import redact
 
-        client = redis_client(self.url, timeout_seconds=self.timeout_seconds)
+        client = redis_client(url, timeout_seconds=self.timeout_seconds)
         try:
             client.ping()
         except Exception as exc:  # any connection/auth/protocol error means: no cache
             if warn is not None:
-                warn(f"Redis at {redact(self.url)} is unreachable ({type(exc).__name__}); continuing without cache")
+                warn(f"Redis at {redact(url)} is unreachable ({type(exc).__name__}); continuing without cache")
             return None
         return client
 
@@ -51,7 +59,7 @@ class RedisResource(dg.ConfigurableResource):
         model id means something only there); `url` set but Redis down: one warning, no cache."""
         from finetune_assets.evaluation.cache import EvaluationCache, RedisStore, local_store
 
-        if not self.url:
+        if not self.resolved_url():
             prefix = f"{self.key_prefix}@{local_scope}" if local_scope else self.key_prefix
             return EvaluationCache(local_store(), key_prefix=prefix, ttl_seconds=ttl_seconds, warn=warn)
         client = self.client(warn)

@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from finetune_assets.service_urls import DATABASE_URL_ENV, check_database_url, connecting, env_value
 from finetune_assets.store.engine import EngineOptions
 from finetune_assets.store.platform import PlatformStore
 
@@ -25,8 +26,10 @@ class StoreResource(dg.ConfigurableResource):
     )
 
     def url(self) -> str:
-        if self.database_url:
-            return self.database_url
+        """`database_url` (checked: a bad one is one `ServiceUrlError` line), else the state dir's SQLite file."""
+        url = env_value(self.database_url)
+        if url:
+            return check_database_url(url)
         path = Path(self.state_dir)
         path.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path / 'finetune.db'}"
@@ -35,7 +38,9 @@ class StoreResource(dg.ConfigurableResource):
         options = EngineOptions(
             pool_size=self.pool_size, max_overflow=self.max_overflow, statement_timeout_s=self.statement_timeout_s
         )
-        return _store_for(self.url(), self.posts_table, options)
+        url = self.url()
+        with connecting(url, variable=DATABASE_URL_ENV if env_value(self.database_url) else None):
+            return _store_for(url, self.posts_table, options)  # connects: the schema is checked
 
 
 @lru_cache(maxsize=8)

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import dagster as dg
 
 from finetune_assets.errors import FinetuneAssetsError
+from finetune_assets.service_urls import check_tracking_uri, env_value
 
 CHAMPION_ALIAS = "champion"
 
@@ -135,8 +136,10 @@ class TrackingResource(dg.ConfigurableResource):
     state_dir: str = ".state"
 
     def uri(self) -> str:
-        if self.tracking_uri:
-            return self.tracking_uri
+        """`tracking_uri` (checked: a bad one is one `ServiceUrlError` line), else the state dir's SQLite store."""
+        uri = env_value(self.tracking_uri)
+        if uri:
+            return check_tracking_uri(uri)
         path = Path(self.state_dir).resolve()
         path.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path / 'mlflow.db'}"
