@@ -148,14 +148,16 @@ def _cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
 @pytest.mark.parametrize(
     ("database_url", "code", "expected"),
     [
-        (f"postgresql+psycopg2://bob:{SECRET}@127.0.0.1:{free_port()}/app", 1, "cannot connect"),
+        (f"postgresql+psycopg2://bob:{SECRET}@127.0.0.1:{{closed_port}}/app", 1, "cannot connect"),
         (f"postgresql+psycopg2://bob:{SECRET}@no-such-host.invalid/app", 1, "cannot connect"),
         (f"mysql://bob:{SECRET}@db/app", 2, "unsupported driver 'mysql'"),
     ],
+    ids=["refused-port", "unknown-host", "unsupported-driver"],
 )
 def test_the_cli_with_a_bad_database_url_prints_one_line_and_no_traceback(
     tmp_path: Path, database_url: str, code: int, expected: str
 ) -> None:
+    database_url = database_url.replace("{closed_port}", str(free_port()))  # chosen now: collection is the same
     result = _cli(tmp_path, "posts", "ds-2026-11-15-1a2b3c4d5e", DATABASE_URL=database_url)
     assert result.returncode == code, result.stderr
     assert result.stderr.startswith("finetune-assets: DATABASE_URL=") and result.stderr.count("\n") == 1
