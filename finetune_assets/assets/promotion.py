@@ -10,6 +10,8 @@ from finetune_assets.resources.cache import RedisResource
 from finetune_assets.resources.config import PipelineConfigResource
 from finetune_assets.resources.store import StoreResource
 from finetune_assets.resources.tracking import CHAMPION_ALIAS, TrackingResource
+from finetune_assets.settings import Settings
+from finetune_assets.store.platform import PlatformStore
 
 
 def _tag(value: float | None) -> str:
@@ -36,8 +38,18 @@ def production_model(
     `model_id` tag), the alias, then the routing row the app reads (one per experiment), then Redis. A run
     that stops after the alias and before the routing row leaves a decided experiment without a promotion:
     `ab_test_sensor` notices it on its next tick and runs this step again."""
-    settings = pipeline.get()
-    db = store.get()
+    with lost_connection_is_retried(f"production_model of cycle {context.partition_key}"):
+        return promote_cycle(context, pipeline.get(), store.get(), tracking, redis)
+
+
+def promote_cycle(
+    context: dg.AssetExecutionContext,
+    settings: Settings,
+    db: PlatformStore,
+    tracking: TrackingResource,
+    redis: RedisResource,
+) -> dg.MaterializeResult:
+    """`production_model`'s work, every read and write of it inside one lost-connection guard."""
     experiment = db.latest_experiment(context.partition_key)
     if experiment is None or experiment.status != "decided":
         raise dg.Failure(f"cycle {context.partition_key}: no decided, valid experiment to act on")
@@ -68,19 +80,18 @@ def production_model(
         "eval_candidate_predicted_engagement": f"{scores.candidate.predicted_engagement:.6f}",
         "eval_champion_predicted_engagement": f"{scores.champion.predicted_engagement:.6f}",
     }
-    with lost_connection_is_retried(f"promoting the outcome of experiment {experiment.experiment_id}"):
-        source = model.details.artifact_uri or model.model_id
-        previous = tracking.champion()
-        version = tracking.register(model_id=candidate, source=source, run_id=model.details.mlflow_run_id, tags=tags)
-        if promote:
-            tracking.promote(version, previous, previous_id)
-        db.record_promotion(
-            experiment_id=experiment.experiment_id,
-            model_id=candidate if promote else previous_id,
-            previous_model_id=previous_id,
-            registry_version=version.version,
-            promoted=promote,
-        )
+    source = model.details.artifact_uri or model.model_id
+    previous = tracking.champion()
+    version = tracking.register(model_id=candidate, source=source, run_id=model.details.mlflow_run_id, tags=tags)
+    if promote:
+        tracking.promote(version, previous, previous_id)
+    db.record_promotion(
+        experiment_id=experiment.experiment_id,
+        model_id=candidate if promote else previous_id,
+        previous_model_id=previous_id,
+        registry_version=version.version,
+        promoted=promote,
+    )
     in_production = db.production_model(default=settings.base_model)
     publish_routing(redis, db, settings.base_model, context.log.warning)
     context.log.info(

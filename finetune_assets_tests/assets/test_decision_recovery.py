@@ -121,6 +121,7 @@ def step_failure(result: dg.ExecuteInProcessResult) -> str:
 KILL_POINTS = {
     "summing the arms": lambda s: s.startswith("SELECT") and "GROUP BY" in s and "variant" in s,
     "recording the decision": lambda s: s.startswith("UPDATE ft_experiments") and "decision" in s,
+    "reading the candidate's model record": lambda s: s.startswith("SELECT") and "FROM ft_models" in s,
     "writing the routing row after the alias moved": lambda s: (
         "ft_promotions" in s and (s.startswith("UPDATE") or s.startswith("INSERT"))
     ),
@@ -153,7 +154,8 @@ def test_a_killed_connection_at_any_step_is_retried_to_one_complete_promotion(
     retry = tick(resources, instance)
     assert isinstance(retry, dg.RunRequest), retry
     assert retry.run_key == "exp-1:attempt-2" and retry.tags[EXPERIMENT_TAG] == "exp-1"
-    resumed_promotion = step == "writing the routing row after the alias moved"
+    promotion_steps = ("reading the candidate's model record", "writing the routing row after the alias moved")
+    resumed_promotion = step in promotion_steps
     assert retry.asset_selection == ([production_model.key] if resumed_promotion else None)
     assert launch(retry, resources, instance).success
 
