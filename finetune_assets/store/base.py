@@ -19,10 +19,12 @@ def first_row(conn: Connection, query: sa.Select[Any]) -> Row | None:
 
 
 class Queries:
-    """One area's queries over the store's engine (no Dagster: the content app's router imports the store)."""
+    """One area's queries over the store's engine and the app's posts table (no Dagster: the content app's
+    router imports the store). Every area takes the same two, so `PlatformStore` is all of them at once."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, posts: sa.Table) -> None:
         self.engine = engine
+        self.posts = posts
 
     def _first(self, query: sa.Select[Any], parse: Callable[[Row], R]) -> R | None:
         """The query's first row as a record, or None."""

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from finetune_assets.finetuning.base import ChatExample
 from finetune_assets.store.base import Queries
@@ -17,10 +17,6 @@ from finetune_assets.store.schema import DATASET_ACTIVE, datasets, ledger
 
 
 class DatasetQueries(Queries):
-    def __init__(self, engine: Engine, posts: sa.Table) -> None:
-        super().__init__(engine)
-        self.posts = posts
-
     def release_partition(self, conn: Connection, partition_key: str) -> int:
         """Supersede this partition's untrained datasets so a rematerialization re-collects their posts."""
         stale = [

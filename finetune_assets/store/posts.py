@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from finetune_assets.store.base import Queries
 from finetune_assets.store.records import PoolCounts
@@ -15,10 +15,6 @@ from finetune_assets.store.schema import engagement_rate, ledger
 
 
 class PostQueries(Queries):
-    def __init__(self, engine: Engine, posts: sa.Table) -> None:
-        super().__init__(engine)
-        self.posts = posts
-
     def create_posts_table(self) -> None:
         """Only the demo and tests create the app's table; in production the app owns it."""
         self.posts.create(self.engine, checkfirst=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
 from finetune_assets.store.base import Queries
 from finetune_assets.store.records import ArmTotals
@@ -14,10 +13,6 @@ from finetune_assets.store.schema import INDEX_ORDER_PLAN_OFF
 
 
 class TrafficQueries(Queries):
-    def __init__(self, engine: Engine, posts: sa.Table) -> None:
-        super().__init__(engine)
-        self.posts = posts
-
     def _per_user_totals(
         self, where: sa.ColumnElement[bool], by_variant: bool, index_order: bool = False
     ) -> dict[str, ArmTotals]:
