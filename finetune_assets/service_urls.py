@@ -147,8 +147,9 @@ def connecting(url: str, *, variable: str | None = DATABASE_URL_ENV) -> Iterator
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         if exc.statement is not None:  # the connection was made: a statement failed
             raise
-        text = str(exc.orig if exc.orig is not None else exc).strip()
-        reason = text.splitlines()[0] if text else type(exc).__name__
+        from finetune_assets.store.engine import driver_reason
+
+        reason = driver_reason(exc)
         password = _password(url)
         if password:
             reason = reason.replace(password, "***")

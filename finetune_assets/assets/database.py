@@ -6,6 +6,8 @@ from contextlib import contextmanager
 import dagster as dg
 import sqlalchemy as sa
 
+from finetune_assets.store.engine import driver_reason
+
 
 @contextmanager
 def lost_connection_is_retried(what: str) -> Iterator[None]:
@@ -19,7 +21,7 @@ def lost_connection_is_retried(what: str) -> Iterator[None]:
     except sa.exc.DBAPIError as exc:
         if not exc.connection_invalidated:
             raise
-        cause = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+        cause = driver_reason(exc)
         raise dg.Failure(
             description=(
                 f"{what}: the database connection was lost ({cause}); what was committed stays, the rest was "

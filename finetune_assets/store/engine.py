@@ -65,3 +65,10 @@ def make_engine(url: str, options: EngineOptions | None = None) -> Engine:
         pool_timeout=options.pool_timeout_s,
         pool_recycle=options.pool_recycle_s,
     )
+
+
+def driver_reason(exc: sa.exc.DBAPIError) -> str:
+    """The driver's own first line for a database error (e.g. psycopg2's "server closed the connection
+    unexpectedly"), else the error's type: the cause a one-line message names."""
+    text = str(exc.orig).strip() if exc.orig is not None else ""
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from finetune_assets.store.datasets import DatasetQueries
-from finetune_assets.store.engine import EngineOptions, make_engine
+from finetune_assets.store.engine import EngineOptions, driver_reason, make_engine
 from finetune_assets.store.evaluations import EvaluationQueries
 from finetune_assets.store.experiments import ExperimentAlreadyRunning, ExperimentQueries
 from finetune_assets.store.migrate import ensure_schema
@@ -82,7 +82,7 @@ class PlatformStore(
                 if not exc.connection_invalidated or attempt >= attempts:
                     raise
                 delay = backoff_s * 2 ** (attempt - 1)
-                cause = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+                cause = driver_reason(exc)
                 if log is not None:
                     log(
                         f"{what}: database connection lost ({cause}); the transaction was rolled back, "
