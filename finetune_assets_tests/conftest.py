@@ -146,3 +146,28 @@ def start_experiment(store: PlatformStore, ends_in_hours: float = 168) -> Experi
         started_at=NOW - timedelta(hours=168 - ends_in_hours),
         ends_at=NOW + timedelta(hours=ends_in_hours),
     )
+
+
+def record_candidate(store: PlatformStore, adapter: Path, mlflow_run_id: str | None = None) -> None:
+    """What a cycle's training and evaluation leave for `production_model`: a dataset, the succeeded model
+    `ft:cand` (start_experiment's treatment) with its adapter directory, and a passed evaluation."""
+    with store.engine.begin() as conn:
+        dataset_id = store.record_dataset(
+            conn, partition_key="2026-11-15", dataset_hash="d" * 64, train=[], holdout=[], rejected=[], details={}
+        )
+    run = {"mlflow_run_id": mlflow_run_id} if mlflow_run_id else {}
+    store.record_model(
+        model_id="ft:cand",
+        partition_key="2026-11-15",
+        dataset_id=dataset_id,
+        backend="local",
+        base_model="base",
+        job_id="local-abc",
+        status="succeeded",
+        details={**run, "artifact_uri": str(adapter)},
+    )
+    row = {"heldout_loss": 1.0, "predicted_engagement": 0.05}
+    scores = {"candidate": row, "champion": row}
+    store.record_evaluation(
+        partition_key="2026-11-15", candidate="ft:cand", champion="base", passed=True, scores=scores
+    )

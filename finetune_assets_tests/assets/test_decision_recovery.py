@@ -21,7 +21,7 @@ from finetune_assets.resources.store import StoreResource
 from finetune_assets.sensors import EXPERIMENT_TAG, MAX_DECISION_ATTEMPTS, ab_test_sensor
 from finetune_assets.store.platform import PlatformStore
 from finetune_assets_tests.assets.test_experiment import add_traffic
-from finetune_assets_tests.conftest import NOW, resources_for, start_experiment, write_config
+from finetune_assets_tests.conftest import NOW, record_candidate, resources_for, start_experiment, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -36,30 +36,9 @@ PRODUCTION = "demo-tiny-gpt2"
 
 def prepare(store: PlatformStore, adapter: Path) -> None:
     """A cycle whose experiment window has just closed with a clearly better candidate (SIMULATED traffic)."""
-    with store.engine.begin() as conn:
-        dataset_id = store.record_dataset(
-            conn, partition_key=CYCLE, dataset_hash="d" * 64, train=[], holdout=[], rejected=[], details={}
-        )
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
-    store.record_model(
-        model_id=CANDIDATE,
-        partition_key=CYCLE,
-        dataset_id=dataset_id,
-        backend="local",
-        base_model="base",
-        job_id="local-abc",
-        status="succeeded",
-        details={"artifact_uri": str(adapter)},
-    )
-    row = {"heldout_loss": 1.0, "predicted_engagement": 0.05}
-    store.record_evaluation(
-        partition_key=CYCLE,
-        candidate=CANDIDATE,
-        champion="base",
-        passed=True,
-        scores={"candidate": row, "champion": row},
-    )
+    record_candidate(store, adapter)
     experiment = start_experiment(store, ends_in_hours=0)
     add_traffic(store, experiment, NOW, multiplier=1.6)
 

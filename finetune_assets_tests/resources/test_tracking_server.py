@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from finetune_assets.assets import production_model
 from finetune_assets.resources.tracking import CHAMPION_ALIAS, TrackingResource, TrackingUnavailable
 from finetune_assets.store.platform import PlatformStore
-from finetune_assets_tests.conftest import resources_for, start_experiment
+from finetune_assets_tests.conftest import record_candidate, resources_for, start_experiment
 from finetune_assets_tests.fixtures.mlflow_server import MlflowServer
 
 CYCLE = "2026-11-15"
@@ -101,28 +101,7 @@ def test_mlflow_down_at_promotion_fails_clearly_and_the_retry_registers_once(
 ) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail in seconds, not after minutes of backoff
     run_id = logged_run(mlflow_tracking, adapter)
-    with store.engine.begin() as conn:
-        dataset_id = store.record_dataset(
-            conn, partition_key=CYCLE, dataset_hash="d" * 64, train=[], holdout=[], rejected=[], details={}
-        )
-    store.record_model(
-        model_id=CANDIDATE,
-        partition_key=CYCLE,
-        dataset_id=dataset_id,
-        backend="local",
-        base_model="base",
-        job_id="local-abc",
-        status="succeeded",
-        details={"mlflow_run_id": run_id, "artifact_uri": str(adapter)},
-    )
-    row = {"heldout_loss": 1.0, "predicted_engagement": 0.05}
-    store.record_evaluation(
-        partition_key=CYCLE,
-        candidate=CANDIDATE,
-        champion="base",
-        passed=True,
-        scores={"candidate": row, "champion": row},
-    )
+    record_candidate(store, adapter, mlflow_run_id=run_id)
     start_experiment(store)
     store.decide_experiment(
         "exp-1", status="decided", decision="promote", reason="lift above zero", details={"lift": 0.1}
