@@ -188,15 +188,16 @@ class FineTuneRunner:
 
 
 def backend_profile(settings: Settings) -> BackendProfile:
-    """The profile of the configured backend (`settings.backend` is validated to one of these)."""
+    """The profile of the configured backend (`settings.backend` is validated to one of these; building both is
+    two small records)."""
     openai = settings.openai
     profiles = {
-        "local": lambda: BackendProfile(
+        "local": BackendProfile(
             hyperparameters=settings.training.model_dump(),
             wait=WaitPolicy(deadline_s=LOCAL_DEADLINE_S),
             failed_job_fails_step=False,
         ),
-        "openai": lambda: BackendProfile(
+        "openai": BackendProfile(
             hyperparameters=openai.hyperparameters.model_dump(),
             wait=WaitPolicy(
                 deadline_s=openai.job_deadline_hours * 3600,
@@ -207,7 +208,7 @@ def backend_profile(settings: Settings) -> BackendProfile:
             failed_job_fails_step=True,
         ),
     }
-    return profiles[settings.backend]()
+    return profiles[settings.backend]
 
 
 def backend_for(
