@@ -152,6 +152,7 @@ def ab_test_sensor(
     """
     settings = pipeline.get()
     db = store.get()
+    experiment = db.running_experiment()
     unfinished = db.decided_without_promotion()
     if unfinished:
         half_done = unfinished[-1]
@@ -160,9 +161,8 @@ def ab_test_sensor(
             "recorded: running production_model again to finish it"
         )
         request = decision_run(context, half_done.experiment_id, half_done.partition_key, step="promote", tags={})
-        if isinstance(request, dg.RunRequest) or db.running_experiment() is None:
+        if isinstance(request, dg.RunRequest) or experiment is None:
             return request
-    experiment = db.running_experiment()
     if experiment is None:
         waiting = db.waiting_candidate()
         if waiting is None:
